@@ -1,0 +1,38 @@
+# Two commands for a fresh machine:  `make demo` (set up + main job) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch 2.13.0 installs a CPU build from this machine's local wheel; override elsewhere,
+# e.g. `make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"`.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup model demo test lint bench notebooks clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev,notebooks]"
+	touch $@
+
+model: setup
+	$(PY) -c "import excise.model as m; print('default model at', m.ensure_default_model())"
+
+demo: model
+	$(VENV)/bin/excise demo
+
+lint: setup
+	$(VENV)/bin/ruff check excise tests bench
+
+test: model lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: model
+	$(PY) bench/locate_speed.py
+	$(PY) bench/forget_quality.py
+	$(PY) bench/robustness.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache out

@@ -1,0 +1,33 @@
+"""excise: located unlearning for transformer language models.
+
+Find where a model stores a fact (:mod:`excise.locate`), rewrite only those components
+(:mod:`excise.edit`), and prove the fact is gone while everything else still works
+(:mod:`excise.verify`). Heavy imports (torch, transformers) happen on first use, not at import.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "excise.model",
+    "Fact": "excise.facts",
+    "Probe": "excise.facts",
+    "load_facts": "excise.facts",
+    "write_facts": "excise.facts",
+    "score_targets": "excise.scoring",
+    "score_fact": "excise.scoring",
+    "MLP": "excise.components",
+    "Neuron": "excise.components",
+    "Head": "excise.components",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'excise' has no attribute {name!r}")

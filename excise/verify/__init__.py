@@ -1,0 +1,1 @@
+"""Verify: efficacy, specificity, fluency and robustness probes, before and after an edit."""

@@ -1,0 +1,54 @@
+"""Target scoring: multi-token sequence log-probabilities against a token-by-token oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from excise.scoring import build_batch, encode_prompt, encode_target, score_targets
+
+
+def _oracle_logprob(model, prompt: str, target: str) -> float:
+    """log p(target | prompt), one unbatched forward per target token."""
+    ids = encode_prompt(model, prompt)
+    total = 0.0
+    for token in encode_target(model, target):
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]))[0, -1]
+        total += logits.log_softmax(-1)[token].item()
+        ids.append(token)
+    return total
+
+
+def test_multi_token_scores_match_hand_computation(tiny):
+    prompts = ["The capital of France is", "Harry Potter was written by", "Toyota"]
+    targets = [" Paris", " J.K. Rowling", " is a company from Japan"]
+    assert len(encode_target(tiny, targets[1])) > 1
+    scores = score_targets(tiny, prompts, targets, batch_size=2)
+    for i, (p, t) in enumerate(zip(prompts, targets)):
+        assert scores.logprob[i].item() == pytest.approx(_oracle_logprob(tiny, p, t), abs=1e-4)
+
+
+def test_rank_and_known_follow_the_argmax(tiny):
+    prompt = "The capital of France is"
+    with torch.no_grad():
+        logits = tiny(tiny.to_tokens(prompt))[0, -1]
+    best = tiny.tokenizer.decode([int(logits.argmax())])
+    worst = tiny.tokenizer.decode([int(logits.argmin())])
+    scores = score_targets(tiny, [prompt, prompt], [best, worst])
+    if encode_target(tiny, best) == [int(logits.argmax())]:
+        assert scores.rank[0] == 0 and scores.known[0]
+    assert scores.rank[1] == tiny.cfg.d_vocab - 1 and not scores.known[1]
+
+
+def test_overlong_prompt_is_refused(tiny):
+    with pytest.raises(ValueError, match="context length"):
+        build_batch(tiny, ["Paris " * 400], [" Paris"])
+
+
+@pytest.mark.real
+def test_real_model_multi_token_target(real_model):
+    prompt, target = "Harry Potter was written by", " J.K. Rowling"
+    assert len(encode_target(real_model, target)) > 1
+    score = score_targets(real_model, [prompt], [target])
+    assert score.logprob[0].item() == pytest.approx(_oracle_logprob(real_model, prompt, target), abs=1e-4)
