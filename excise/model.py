@@ -200,3 +200,20 @@ def load_model(name: str | None = None, device: str | None = None, dtype: torch.
     bridge.excise_source = source
     bridge.excise_name = name or DEFAULT_MODEL
     return bridge
+
+
+def weights_hash(model) -> str:
+    """SHA-256 over every parameter and buffer of the wrapped HF model (names, shapes, bytes).
+
+    Identifies the exact base weights an edit was computed on, so that a saved edit refuses to
+    apply to a different model.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    hf_model = model.original_model
+    for name, tensor in sorted(hf_model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
