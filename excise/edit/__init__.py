@@ -1,1 +1,35 @@
-"""Edit: remove a fact by rewriting only located components; every editor returns a reversible Edit."""
+"""Edit: remove a fact by rewriting only located components; every editor returns a reversible Edit.
+
+* :func:`rome` - rank-one update of one MLP output projection (forget or replace one fact);
+* :func:`memit` - one least-squares update per layer over several layers, many facts at once;
+* :func:`ablate` - bake the zero- or mean-ablation of located neurons/heads into the weights;
+* :func:`finetune` - the baselines: gradient ascent, counterexamples, NPO;
+* :class:`Edit` - deltas + provenance; ``apply``/``undo``/``reverted``/``applied``/``save``;
+  :func:`load` reads a saved edit; :func:`save_model` writes a plain Hugging Face folder.
+
+Every editor applies its edit to the model in place, appends it to ``model.excise_edits`` and
+returns it. Heavy modules are imported on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+_EXPORTS = {
+    "Edit": "excise.edit.record",
+    "EditError": "excise.edit.record",
+    "load": "excise.edit.record",
+    "rome": "excise.edit.rank_one",
+    "memit": "excise.edit.batch",
+    "ablate": "excise.edit.ablation",
+    "finetune": "excise.edit.baselines",
+    "save_model": "excise.export",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'excise.edit' has no attribute {name!r}")

@@ -1,0 +1,148 @@
+"""Forgetting quality of each editor on the default model, over the bundled fact sets.
+
+    python bench/forget_quality.py --limit 40 [--layer 4] [--baseline-limit 8] [--batch 20]
+
+For every method it prints one table row: efficacy (prompt forgotten per verify.criteria),
+paraphrases forgotten, neighbours kept, the subject's other facts kept, perplexity change on the
+held-out text, and seconds per edit. Only facts the model knows (greedy decoding produces the
+target) are used, taken round-robin over the relations. Targets from the issue: efficacy >= 95%,
+paraphrases >= 85%, neighbours >= 95%, same-subject >= 90%, perplexity <= +2%; batch of 50:
+efficacy >= 90%, neighbours >= 90%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections import defaultdict
+
+import torch
+
+from excise.edit import ablate, finetune, memit, rome
+from excise.edit.ablation import attributed_neurons
+from excise.facts import load_facts
+from excise.model import load_model
+from excise.scoring import score_targets
+from excise.text import perplexity
+from excise.verify.criteria import forgotten, kept
+
+
+def probes(fact):
+    groups = {"prompt": [(fact.text, fact.target)],
+              "paraphrase": [(p, fact.target) for p in fact.paraphrase_texts],
+              "neighbor": [(p.prompt, p.target) for p in fact.neighbors],
+              "same_subject": [(p.prompt, p.target) for p in fact.same_subject]}
+    return [(kind, p, t) for kind, items in groups.items() for p, t in items]
+
+
+def score(model, rows):
+    return score_targets(model, [p for _, p, _ in rows], [t for _, _, t in rows])
+
+
+def pick_facts(model, limit):
+    by_relation = defaultdict(list)
+    for fact in load_facts("all"):
+        by_relation[fact.relation].append(fact)
+    order = []
+    while any(by_relation.values()):
+        for rel in list(by_relation):
+            if by_relation[rel]:
+                order.append(by_relation[rel].pop(0))
+    chosen = []
+    for fact in order:
+        if len(chosen) >= limit:
+            break
+        if bool(score_targets(model, [fact.text], [fact.target]).known[0]):
+            chosen.append(fact)
+    return chosen
+
+
+def single_fact_methods(args):
+    return {
+        "rome": lambda m, f: rome(m, f, layer=args.layer, progress=False),
+        "ablate-zero(top20 neurons)": lambda m, f: ablate(m, attributed_neurons(m, f, layers=range(12)),
+                                                           progress=False),
+        "finetune-ga(all)": lambda m, f: finetune(m, [f], "gradient_ascent", progress=False),
+        "finetune-npo(all)": lambda m, f: finetune(m, [f], "npo", lr=1e-4, progress=False),
+        "finetune-ga(mlp L)": lambda m, f: finetune(
+            m, [f], "gradient_ascent", params=[__import__("excise").MLP(args.layer)], progress=False),
+    }
+
+
+def evaluate(model, edit, facts, ppl0, with_ppl=True):
+    totals = defaultdict(lambda: [0, 0])
+    for fact in facts:
+        rows = probes(fact)
+        after = score(model, rows)
+        with edit.reverted(model):
+            before = score(model, rows)
+        gone, still = forgotten(before, after), kept(after)
+        was_known = before.known
+        for i, (kind, _, _) in enumerate(rows):
+            if kind in ("prompt", "paraphrase"):
+                totals[kind][0] += int(gone[i])
+                totals[kind][1] += 1
+            elif was_known[i]:  # only answers the model knew before can be kept
+                totals[kind][0] += int(still[i])
+                totals[kind][1] += 1
+    if with_ppl:
+        totals["ppl"] = [perplexity(model) / ppl0 - 1, 1]
+    return totals
+
+
+def table_row(name, n, agg, seconds):
+    def pct(kind):
+        hit, total = agg.get(kind, (0, 0))
+        return f"{100 * hit / total:5.1f}% ({total:3d})" if total else "   n/a     "
+    ppl = agg.get("ppl")
+    ppl_text = f"{100 * ppl[0] / ppl[1]:+6.2f}%" if ppl and ppl[1] else "   n/a"
+    return (f"| {name:28s} | {n:3d} | {pct('prompt')} | {pct('paraphrase')} | {pct('neighbor')} | "
+            f"{pct('same_subject')} | {ppl_text} | {seconds:6.1f} |")
+
+
+HEADER = ("| method                       |   n | efficacy      | paraphrases   | neighbours    | "
+          "same subject  | ppl     | s/edit |\n|---|---|---|---|---|---|---|---|")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=40, help="facts for single-fact editors")
+    parser.add_argument("--baseline-limit", type=int, default=8, help="facts for fine-tuning baselines")
+    parser.add_argument("--batch", type=int, default=50, help="facts in the MEMIT batch (0: skip)")
+    parser.add_argument("--layer", type=int, default=4)
+    parser.add_argument("--methods", default="all")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.manual_seed(0)
+    model = load_model(device="cpu")
+    ppl0 = perplexity(model)
+    facts = pick_facts(model, max(args.limit, args.batch))
+    print(f"default model, {len(facts)} known facts picked; baseline perplexity {ppl0:.3f}")
+    print(HEADER, flush=True)
+    for name, method in single_fact_methods(args).items():
+        if args.methods != "all" and name.split("(")[0] not in args.methods.split(","):
+            continue
+        n = args.baseline_limit if name.startswith("finetune") else args.limit
+        agg, seconds = defaultdict(lambda: [0.0, 0]), 0.0
+        for fact in facts[:n]:
+            start = time.perf_counter()
+            edit = method(model, fact)
+            seconds += time.perf_counter() - start
+            for kind, (hit, total) in evaluate(model, edit, [fact], ppl0).items():
+                agg[kind][0] += hit
+                agg[kind][1] += total
+            edit.undo(model)
+        print(table_row(name, len(facts[:n]), agg, seconds / max(1, len(facts[:n]))), flush=True)
+    if args.batch:
+        batch = facts[: args.batch]
+        start = time.perf_counter()
+        edit = memit(model, batch, progress=False)
+        seconds = time.perf_counter() - start
+        agg = evaluate(model, edit, batch, ppl0)
+        print(table_row(f"memit batch of {len(batch)}", len(batch), agg, seconds), flush=True)
+        edit.undo(model)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Fine-tuning baselines that located edits are compared against.
+
+* ``"gradient_ascent"``: minimise the target's log-likelihood on the fact's prompts;
+* ``"counterexample"``: fine-tune towards another answer (the fact's ``new_target``, else the
+  first neighbour's answer);
+* ``"npo"``: negative preference optimisation, ``-(2/beta) log sigmoid(-beta (log p - log p_ref))``,
+  which slows down once the target is less likely than under the reference model.
+
+Either all parameters are trained (``params=None``) or only those owned by located components
+(``params=[Neuron(..), Head(..), MLP(..)]`` -> their output projections; or parameter names).
+Training stops once every training prompt meets the forgetting criterion of
+:mod:`excise.verify.criteria` (with ``margin`` nats to spare), or after ``steps`` steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from excise.components import parameter_names
+from excise.edit._common import first_answer_logprobs, first_target_ids, rewriting_prompts
+from excise.edit.record import Edit, make_edit
+from excise.scoring import build_batch, target_logprobs
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("gradient_ascent", "counterexample", "npo")
+
+
+def finetune(model, facts, objective: str = "gradient_ascent", params=None, *, steps: int = 30,
+             lr: float | None = None, beta: float = 0.1, n_prefixes: int = 4,
+             margin: float = math.log(30.0), progress: bool = True) -> Edit:
+    """Fine-tune ``model`` to forget ``facts`` (one Fact or a list); applies and returns the Edit."""
+    from excise.model import weights_hash
+
+    facts = [facts] if hasattr(facts, "prompt") else list(facts)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+    names, components = _trainable(model, params)
+    lr = lr if lr is not None else (3e-5 if params is None else 1e-3)
+    base_hash = weights_hash(model)
+    prompts, answers, forget_targets = _training_rows(model, facts, objective, n_prefixes)
+    train = build_batch(model, prompts, answers)
+    check = build_batch(model, prompts, forget_targets)
+    live = dict(model.original_model.named_parameters())
+    originals = {n: live[n].detach().clone() for n in names}
+    flags = {n: p.requires_grad for n, p in live.items()}
+    for n, p in live.items():
+        p.requires_grad_(n in names)
+    history = []
+    try:
+        with torch.no_grad():
+            ref = target_logprobs(model(train.tokens).float(), train)  # [rows]
+            before = target_logprobs(model(check.tokens).float(), check)
+        optimizer = torch.optim.Adam([live[n] for n in names], lr=lr)
+        for step in tqdm(range(steps), desc=f"finetune ({objective})", disable=not progress):
+            logits = model(train.tokens)
+            logprob = target_logprobs(logits.float(), train)
+            done = _forgotten(model, logits, check, before, margin, objective, train)
+            history.append({"step": step, "mean_logprob": float(logprob.detach().mean())})
+            if done:
+                break
+            loss = _loss(objective, logprob, ref, beta)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        new_weights = {n: live[n].detach().clone() for n in names}
+        with torch.no_grad():
+            for n in names:
+                live[n].copy_(originals[n])
+    finally:
+        for n, p in live.items():
+            p.requires_grad_(flags[n])
+    info = {"steps": len(history), "goal_met": bool(done), "trained_parameters": len(names),
+            "history": history[-3:], "lr": lr}
+    settings = {"objective": objective, "params": "all" if params is None else [str(p) for p in names],
+                "steps": steps, "lr": lr, "beta": beta, "n_prefixes": n_prefixes, "margin": margin}
+    return make_edit(model, f"finetune:{objective}", new_weights, settings=settings,
+                     fact_ids=[f.id for f in facts], components=components, base_hash=base_hash,
+                     info=info)
+
+
+def _trainable(model, params) -> tuple[list[str], list]:
+    all_names = [n for n, _ in model.original_model.named_parameters()]
+    if params is None:
+        return all_names, []
+    params = list(params)
+    if all(isinstance(p, str) for p in params):
+        unknown = [p for p in params if p not in all_names]
+        if unknown:
+            raise ValueError(f"no parameter named {unknown[0]!r} in model.original_model")
+        return params, []
+    names = parameter_names(model, params)
+    if not names:
+        raise ValueError("the given components own no parameters")
+    return names, params
+
+
+def _training_rows(model, facts, objective: str, n_prefixes: int):
+    prompts, answers, targets = [], [], []
+    for fact in facts:
+        answer = fact.target
+        if objective == "counterexample":
+            answer = fact.new_target or (fact.neighbors[0].target if fact.neighbors else None)
+            if not answer:
+                raise ValueError(f"fact {fact.id!r}: counterexample fine-tuning needs a new_target "
+                                 "or at least one neighbour whose answer can serve as one")
+        for template in rewriting_prompts(model, fact.prompt, n_prefixes):
+            prompts.append(template.format(fact.subject))
+            answers.append(answer)
+            targets.append(fact.target)
+    return prompts, answers, targets
+
+
+def _loss(objective: str, logprob, ref, beta: float) -> torch.Tensor:
+    if objective == "gradient_ascent":
+        return logprob.mean()
+    if objective == "counterexample":
+        return -logprob.mean()
+    return -(2.0 / beta) * torch.nn.functional.logsigmoid(-beta * (logprob - ref)).mean()
+
+
+@torch.no_grad()
+def _forgotten(model, logits, check, before, margin, objective, train) -> bool:
+    """Every row's original target fell ``margin`` nats and lost rank one."""
+    if objective == "counterexample":
+        logits = model(check.tokens)  # the training rows hold the counter-answer
+    seq = target_logprobs(logits.float(), check)
+    top = first_answer_logprobs(logits, check).argmax(-1)
+    return bool(((seq <= before - margin) & (top != first_target_ids(check))).all())

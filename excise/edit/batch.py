@@ -1,0 +1,137 @@
+"""MEMIT-style batch editing: forget many facts at once, spread over several MLP layers.
+
+For each fact, the value optimisation (:mod:`excise.edit.value`) finds the change ``delta_i``
+that the residual stream at the subject's last token needs at the *last* edited layer; the
+target is ``z_i = h_i + delta_i``. The layers are then updated from first to last; at layer
+``l`` with keys ``K`` ``[fact, d_mlp]`` (each prefix-averaged) and remaining residuals ``R``
+``[fact, d_model]`` (``(z - h_current) / layers_left``), the least-squares update is::
+
+    dW = (lambda C + K^T K)^-1 K^T R        # [d_mlp, d_model]
+
+which maps every new key close to its share of the residual while keeping the outputs of the
+keys the model usually sees (second moment ``C``, weighted by ``lambda``) unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from tqdm.auto import tqdm
+
+from excise.components import MLP, mlp_out_module, out_proj_weight
+from excise.edit._common import mlp_keys, param_name, rewriting_prompts, subject_batch
+from excise.edit.record import Edit, EditError, make_edit
+from excise.edit.stats import SampleSpec, key_stats
+from excise.edit.value import ValueSettings, compute_value
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPREAD = 5
+
+
+def default_layers(model, spread: int = DEFAULT_SPREAD) -> list[int]:
+    """``spread`` consecutive layers ending a quarter of the way into the model."""
+    last = max(0, min(model.cfg.n_layers - 1, round(0.25 * model.cfg.n_layers)))
+    return list(range(max(0, last - spread + 1), last + 1))
+
+
+def memit(model, facts, layers: list[int] | None = None, objective: str = "forget", *,
+          corpus: str | None = None, update_weight: float = 15000.0, max_update_ratio: float = 1.0,
+          settings: ValueSettings | None = None, progress: bool = True) -> Edit:
+    """Forget (or replace) all ``facts`` with one update per layer; applies and returns the Edit."""
+    from excise.model import weights_hash
+
+    facts = list(facts)
+    if not facts:
+        raise ValueError("memit() needs at least one fact")
+    layers = sorted(set(layers)) if layers is not None else default_layers(model)
+    if not all(0 <= layer < model.cfg.n_layers for layer in layers):
+        raise ValueError(f"layers {layers} out of range: the model has {model.cfg.n_layers} layers")
+    settings = settings or ValueSettings()
+    base_hash = weights_hash(model)
+    stats = key_stats(model, layers, SampleSpec(corpus=corpus), progress, base_hash)
+    last = layers[-1]
+    deltas, value_infos = [], []
+    for fact in tqdm(facts, desc="memit values", disable=not progress):
+        delta, value_info = compute_value(model, fact, last, objective, None, settings)
+        deltas.append(delta)
+        value_infos.append({"fact": fact.id, "steps": value_info["steps"], "goal_met": value_info["goal_met"]})
+    batch, positions, groups = _fact_batch(model, facts, settings.n_prefixes)
+    z = _resid(model, last, batch, positions, groups, len(facts)) + torch.stack(deltas)  # [fact, d_model]
+    modules = [mlp_out_module(model, layer) for layer in layers]
+    originals = {m: m.weight.detach().clone() for m in modules}
+    reports = {}
+    try:
+        for i, layer in enumerate(layers):
+            keys = _group_mean(mlp_keys_batched(model, layer, batch, positions), groups, len(facts))
+            residual = (z - _resid(model, last, batch, positions, groups, len(facts))) / (len(layers) - i)
+            update, reports[layer] = _least_squares(model, layer, keys, residual,
+                                                    stats[layer].second_moment, update_weight,
+                                                    max_update_ratio)
+            with torch.no_grad():
+                out_proj_weight(model, layer).add_(update)
+        new_weights = {param_name(model, m.weight): m.weight.detach().clone() for m in modules}
+    finally:
+        with torch.no_grad():
+            for module, weight in originals.items():
+                module.weight.copy_(weight)
+    info = {"layers": layers, "layer_choice": "given by the caller" if layers else "default",
+            "key_tokens": stats[last].n_tokens, "key_sample": stats[last].sample,
+            "updates": reports, "values": value_infos}
+    record = dict(layers=layers, objective=objective, corpus=corpus, update_weight=update_weight,
+                  max_update_ratio=max_update_ratio, **vars(settings))
+    return make_edit(model, "memit", new_weights, settings=record, fact_ids=[f.id for f in facts],
+                     components=[MLP(layer) for layer in layers], base_hash=base_hash, info=info)
+
+
+def _fact_batch(model, facts, n_prefixes: int):
+    templates, subjects, groups = [], [], []
+    for i, fact in enumerate(facts):
+        for template in rewriting_prompts(model, fact.prompt, n_prefixes):
+            templates.append(template)
+            subjects.append(fact.subject)
+            groups.append(i)
+    batch, positions = subject_batch(model, templates, subjects, [" ."] * len(templates))
+    return batch, positions, torch.tensor(groups, device=positions.device)
+
+
+def _group_mean(rows: torch.Tensor, groups: torch.Tensor, n: int) -> torch.Tensor:
+    """``[n, d]``: mean of ``rows`` ``[batch, d]`` per group index."""
+    sums = torch.zeros(n, rows.shape[1], dtype=rows.dtype, device=rows.device).index_add_(0, groups, rows)
+    counts = torch.bincount(groups, minlength=n).to(rows.dtype)
+    return sums / counts[:, None]
+
+
+def mlp_keys_batched(model, layer, batch, positions, size: int = 32) -> torch.Tensor:
+    parts = [mlp_keys(model, layer, batch.tokens[s:s + size], positions[s:s + size])
+             for s in range(0, len(positions), size)]
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def _resid(model, layer, batch, positions, groups, n, size: int = 32) -> torch.Tensor:
+    """``[n, d_model]``: residual stream after block ``layer`` at the subject token, per fact."""
+    name = f"blocks.{layer}.hook_resid_post"
+    parts = []
+    for s in range(0, len(positions), size):
+        _, cache = model.run_with_cache(batch.tokens[s:s + size], names_filter=[name])
+        rows = torch.arange(len(positions[s:s + size]), device=positions.device)
+        parts.append(cache[name][rows, positions[s:s + size]].float())
+    return _group_mean(torch.cat(parts), groups, n)
+
+
+def _least_squares(model, layer, keys, residual, second_moment, weight, max_ratio):
+    """``dW = (weight C + K^T K)^-1 K^T R`` ``[d_mlp, d_model]`` and a report; refuses huge updates."""
+    w = out_proj_weight(model, layer).detach()
+    k, r = keys.double(), residual.double().to(w.device)
+    a = weight * second_moment.double().to(w.device) + k.T @ k
+    update = torch.linalg.solve(a, k.T @ r).to(w.dtype)
+    ratio = float(update.norm() / w.norm())
+    if not ratio <= max_ratio:
+        raise EditError(f"memit update at layer {layer} is out of proportion: ||dW|| = {ratio:.2f} x "
+                        f"||W|| (limit {max_ratio}); use more layers or a larger update_weight")
+    return update, {"update_norm": float(update.norm()), "ratio": ratio,
+                    "residual_norm": float(residual.norm(dim=-1).mean())}
+
+

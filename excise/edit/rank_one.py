@@ -1,0 +1,156 @@
+"""Rank-one model editing (ROME) of one MLP output projection, to forget or replace one fact.
+
+The MLP output projection of a layer is a linear map ``out = k @ W`` (``W`` ``[d_mlp, d_model]``)
+from keys ``k`` (``blocks.{l}.mlp.hook_post``) to values. ROME treats it as an associative memory
+and solves, in closed form, for the smallest change (measured with the keys' second moment
+``C = E[k k^T]``) that maps the subject's key ``k*`` to a new value ``W^T k* + delta``::
+
+    u  = C^-1 k* / (k*^T C^-1 k*)          # [d_mlp]
+    W' = W + u delta^T                     # rank one, and k*^T W' = k*^T W + delta exactly
+
+``k*`` is averaged over the subject's last token in the prompt and in several prefixed copies of
+it, and the *same* ``k*`` is used in the numerator and the denominator (mixing a prefix-averaged
+key with a single-prompt one is the known cause of ROME edits with a tiny denominator that wreck
+the model). An update whose norm is out of proportion to ``W`` is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from excise.components import MLP, mlp_out_module, out_proj_weight
+from excise.edit._common import mlp_keys, param_name, subject_batch
+from excise.edit.record import Edit, EditError, make_edit
+from excise.edit.stats import SampleSpec, key_stats
+from excise.edit.value import ValueSettings, _objective_targets, compute_value
+
+log = logging.getLogger(__name__)
+
+EARLY_FRACTION = 0.6
+
+
+def rome(model, fact=None, layer: int | None = None, objective: str = "forget",
+         new_target: str | None = None, *, facts=None, corpus: str | None = None,
+         ridge: float = 1e-2, max_update_ratio: float = 1.0, trace_samples: int = 5,
+         settings: ValueSettings | None = None, progress: bool = True) -> Edit:
+    """Forget (or replace) ``fact`` with a rank-one update of one MLP; applies it and returns the Edit.
+
+    Args:
+        fact: the :class:`~excise.facts.Fact` to edit. ``facts=[...]`` instead runs the batch
+            editor :func:`~excise.edit.batch.memit` on all of them at once.
+        layer: the MLP layer to rewrite; None picks it from the fact's MLP causal trace.
+        objective: "forget" (drive the target down) or "replace" (make ``new_target`` the answer).
+        corpus: a text file for the key statistics (default: text the model generates).
+        ridge: Tikhonov term added to ``C`` (times its mean diagonal) before inverting.
+        max_update_ratio: refuse updates with ``||dW|| > max_update_ratio * ||W||``.
+    """
+    if facts is not None:
+        from excise.edit.batch import memit
+
+        return memit(model, facts, objective=objective, corpus=corpus, progress=progress)
+    if fact is None:
+        raise ValueError("rome() needs a fact (or facts=[...] for a batch edit)")
+    from excise.model import weights_hash
+
+    _objective_targets(fact, objective, new_target)
+    base_hash = weights_hash(model)
+    info = {}
+    if layer is None:
+        layer, info["layer_choice"] = choose_layer(model, fact, samples=trace_samples)
+    else:
+        _check_layer(model, layer)
+        info["layer_choice"] = f"layer {layer} given by the caller"
+    settings = settings or ValueSettings()
+    stats = key_stats(model, [layer], SampleSpec(corpus=corpus), progress, base_hash)[layer]
+    templates = _key_templates(model, fact, settings)
+    key = subject_key(model, layer, templates, fact.subject)
+    delta, info["value"] = compute_value(model, fact, layer, objective, new_target, settings)
+    update, info["update"] = rank_one_update(model, layer, key, delta, stats.second_moment, ridge,
+                                             max_update_ratio)
+    info.update(key_tokens=stats.n_tokens, key_sample=stats.sample,
+                key_prompts=[t.format(fact.subject) for t in templates])
+    module = mlp_out_module(model, layer)
+    new_weight = _new_parameter(module, out_proj_weight(model, layer).detach() + update)
+    name = param_name(model, module.weight)
+    settings_record = dict(layer=layer, objective=objective, new_target=new_target, corpus=corpus,
+                           ridge=ridge, max_update_ratio=max_update_ratio, **vars(settings))
+    edit = make_edit(model, "rome", {name: new_weight}, settings=settings_record,
+                     fact_ids=[fact.id], components=[MLP(layer)], base_hash=base_hash, info=info)
+    log.info("rome: %s at layer %d, |dW|/|W| = %.3f", fact.id, layer, info["update"]["ratio"])
+    return edit
+
+
+def _key_templates(model, fact, settings: ValueSettings) -> list[str]:
+    from excise.edit._common import rewriting_prompts
+
+    return rewriting_prompts(model, fact.prompt, settings.n_prefixes)
+
+
+def _check_layer(model, layer: int) -> None:
+    if not 0 <= layer < model.cfg.n_layers:
+        raise ValueError(f"layer {layer} out of range: the model has {model.cfg.n_layers} layers")
+
+
+def subject_key(model, layer: int, templates: list[str], subject: str) -> torch.Tensor:
+    """``[d_mlp]``: the key at the subject's last token, averaged over ``templates``."""
+    batch, positions = subject_batch(model, templates, [subject] * len(templates),
+                                     [" ."] * len(templates))
+    return mlp_keys(model, layer, batch.tokens, positions).mean(0)
+
+
+def rank_one_update(model, layer: int, key: torch.Tensor, delta: torch.Tensor, second_moment,
+                    ridge: float = 1e-2, max_update_ratio: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """``[d_mlp, d_model]`` update ``u delta^T`` with ``u = C^-1 k / (k^T C^-1 k)``, and its report.
+
+    Raises :class:`EditError` when the denominator is not positive or the update is out of
+    proportion to the weight (``||dW|| > max_update_ratio * ||W||``).
+    """
+    weight = out_proj_weight(model, layer).detach()  # [d_mlp, d_model]
+    c = second_moment.to(weight.device, torch.float64)
+    c = c + ridge * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+    k = key.to(torch.float64)
+    c_inv_k = torch.linalg.solve(c, k)  # [d_mlp]
+    denominator = float(k @ c_inv_k)
+    if not denominator > 0:
+        raise EditError(f"rank-one update at layer {layer}: k^T C^-1 k = {denominator:.3g} is not "
+                        "positive; the key statistics are broken (recompute them with more text)")
+    u = (c_inv_k / denominator).to(weight.dtype)
+    update = torch.outer(u, delta.to(weight.dtype))  # [d_mlp, d_model]
+    ratio = float(update.norm() / weight.norm())
+    report = {"denominator": denominator, "key_norm": float(key.norm()),
+              "update_norm": float(update.norm()), "weight_norm": float(weight.norm()), "ratio": ratio}
+    if not ratio <= max_update_ratio:
+        raise EditError(
+            f"rank-one update at layer {layer} is out of proportion: ||dW|| = {ratio:.2f} x ||W|| "
+            f"(limit {max_update_ratio}). The key is probably unusual at this layer (k^T C^-1 k = "
+            f"{denominator:.3g}); try another layer, a larger ridge, or key statistics from more text."
+        )
+    return update, report
+
+
+def _new_parameter(module, new_view: torch.Tensor) -> torch.Tensor:
+    """The live parameter's value for a new ``[d_mlp, d_model]`` view (Conv1D vs Linear layout)."""
+    return new_view if type(module).__name__ == "Conv1D" else new_view.T.contiguous()
+
+
+def choose_layer(model, fact, samples: int = 5, early_fraction: float = EARLY_FRACTION) -> tuple[int, str]:
+    """The MLP layer to edit: argmax of the MLP causal trace at the subject's last token.
+
+    Restricted, as in ROME, to the first ``early_fraction`` of the layers: late MLPs mostly
+    carry the answer forward rather than recall it from the subject.
+    """
+    try:
+        from excise.locate import causal_trace
+    except ImportError as err:
+        raise RuntimeError("layer=None needs excise.locate.causal_trace; pass layer= explicitly") from err
+    loc = causal_trace(model, fact, site="mlp", samples=samples, progress=False)
+    position = loc.meta["subject_positions"][-1]
+    column = loc.scores[:, position].float()  # [layer]
+    allowed = max(1, int(round(early_fraction * model.cfg.n_layers)))
+    layer = int(column[:allowed].argmax())
+    why = (f"layer {layer}: largest MLP causal-trace effect at the subject's last token (position "
+           f"{position}, effect {float(column[layer]):.3f}) among layers 0-{allowed - 1} (the first "
+           f"{early_fraction:.0%}); over all layers the peak is layer {int(column.argmax())}")
+    return layer, why

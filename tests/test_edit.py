@@ -1,0 +1,201 @@
+"""Editors on tiny random GPT-2 / Llama / NeoX models: mechanics, reversibility, oracles."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from excise.components import MLP, Head, Neuron, out_proj_weight
+from excise.edit import EditError, ablate, finetune, load, memit, rome
+from excise.edit.stats import SampleSpec, key_stats
+from excise.edit.value import ValueSettings
+from excise.facts import Fact, Probe
+from excise.model import weights_hash
+
+FACT = Fact(id="capital-france", subject="France", prompt="The capital of {} is", target=" Paris",
+            paraphrases=("{}'s capital is",), neighbors=(Probe("The capital of Germany is", " Berlin"),),
+            new_target=" Rome")
+FAST = ValueSettings(n_prefixes=2, steps=4)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.original_model.state_dict().items()}
+
+
+def _logits(model, text="The capital of France is"):
+    with torch.no_grad():
+        return model(model.to_tokens(text))[0, -1].float()
+
+
+def test_rome_matches_closed_form_and_undoes_bit_for_bit(tiny):
+    before, base = _state(tiny), weights_hash(tiny)
+    logits0 = _logits(tiny)
+    edit = rome(tiny, FACT, layer=1, settings=FAST, progress=False)
+    assert tiny.excise_edits == [edit]
+    ((name, delta),) = edit.deltas.items()
+    view = delta if delta.shape[0] == tiny.cfg.d_mlp else delta.T  # [d_mlp, d_model]
+    singular = torch.linalg.svdvals(view.double())
+    assert singular[1] < 1e-3 * singular[0]  # rank one up to float32 rounding of new - old
+    # independent oracle: the naive closed form from the stored key statistics
+    from excise.edit._common import rewriting_prompts
+    from excise.edit.rank_one import subject_key
+    with edit.reverted(tiny):
+        c = key_stats(tiny, [1], SampleSpec(), progress=False)[1].second_moment.double()
+        k = subject_key(tiny, 1, rewriting_prompts(tiny, FACT.prompt, FAST.n_prefixes), "France").double()
+    c = c + 1e-2 * c.diagonal().mean() * torch.eye(len(c), dtype=c.dtype)
+    u = torch.linalg.inv(c) @ k / (k @ torch.linalg.inv(c) @ k)
+    # k^T dW = delta exactly, and dW's row space is u
+    kdw = k.float() @ view
+    assert torch.allclose(view.double(), torch.outer(u, kdw.double()), atol=1e-5, rtol=1e-3)
+    assert not torch.allclose(_logits(tiny), logits0)  # the edit took effect through live weights
+    edit.undo(tiny)
+    assert tiny.excise_edits == []
+    assert weights_hash(tiny) == base
+    for key, value in _state(tiny).items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_context_managers_restore_even_on_error(tiny):
+    edit = rome(tiny, FACT, layer=0, settings=FAST, progress=False)
+    edited, base = _logits(tiny), edit.base_hash
+    with pytest.raises(ZeroDivisionError), edit.reverted(tiny):
+        assert weights_hash(tiny) == base
+        raise ZeroDivisionError
+    assert torch.equal(_logits(tiny), edited)
+    edit.undo(tiny)
+    with pytest.raises(KeyError), edit.applied(tiny):
+        assert torch.equal(_logits(tiny), edited)
+        raise KeyError("boom")
+    assert weights_hash(tiny) == base
+
+
+def test_save_load_and_hash_check(tiny, tmp_path, tiny_folders):
+    from excise.model import load_model
+
+    edit = rome(tiny, FACT, layer=1, objective="replace", settings=FAST, progress=False)
+    edited = _logits(tiny)
+    folder = edit.save(tmp_path / "edit")
+    assert {p.name for p in folder.iterdir()} == {"edit.json", "edit.safetensors"}
+    again = load(folder)
+    assert again.method == "rome" and again.fact_ids == [FACT.id] and again.components == [MLP(1)]
+    fresh = load_model(str(tiny.excise_source), device="cpu")
+    again.apply(fresh)
+    assert torch.allclose(_logits(fresh), edited, atol=1e-5)
+    with pytest.raises(EditError, match="not the ones"):
+        load(folder).apply(fresh)  # fresh is now edited: its hash differs from the base
+
+
+def test_non_finite_edit_is_refused_and_nothing_written(tiny):
+    edit = rome(tiny, FACT, layer=1, settings=FAST, progress=False)
+    edit.undo(tiny)
+    base = _state(tiny)
+    name = next(iter(edit.deltas))
+    edit.deltas[name][0, 0] = float("nan")
+    with pytest.raises(EditError, match="non-finite"):
+        edit.apply(tiny)
+    assert all(torch.equal(v, base[k]) for k, v in _state(tiny).items())
+
+
+def test_rome_refuses_out_of_proportion_update(tiny):
+    base = weights_hash(tiny)
+    with pytest.raises(EditError, match="out of proportion"):
+        rome(tiny, FACT, layer=1, settings=FAST, max_update_ratio=1e-9, progress=False)
+    assert weights_hash(tiny) == base
+
+
+def test_zero_ablation_equals_hooked_ablation(tiny):
+    neurons, head = [Neuron(1, 3), Neuron(1, 7), Neuron(2, 0)], Head(0, 1)
+    tokens = tiny.to_tokens("The capital of France is")
+    d_head = tiny.cfg.d_head
+
+    def kill_neurons(layer, idx):
+        def hook(act, hook):
+            act[..., idx] = 0.0
+            return act
+        return (f"blocks.{layer}.mlp.hook_post", hook)
+
+    def kill_head(act, hook):
+        act[:, :, head.head] = 0.0
+        return act
+
+    hooks = [kill_neurons(1, [3, 7]), kill_neurons(2, [0]), ("blocks.0.attn.hook_z", kill_head)]
+    with torch.no_grad():
+        expected = tiny.run_with_hooks(tokens, fwd_hooks=hooks)
+    edit = ablate(tiny, [*neurons, head], progress=False)
+    with torch.no_grad():
+        got = tiny(tokens)
+    assert torch.allclose(got, expected, atol=1e-4)
+    view = out_proj_weight(tiny, 1)
+    assert torch.all(view[3] == 0) and d_head > 0
+    edit.undo(tiny)
+
+
+def test_mean_ablation(tiny):
+    if "Llama" in type(tiny.original_model).__name__:  # no output biases to hold the mean
+        with pytest.raises(EditError, match="no"):
+            ablate(tiny, [Neuron(1, 3)], how="mean")
+        return
+    from excise.components import mlp_out_module
+    from excise.edit.ablation import input_means
+
+    mean = input_means(tiny, [mlp_out_module(tiny, 1)], SampleSpec(), weights_hash(tiny))
+    mean = next(iter(mean.values()))[3]
+
+    def fix(act, hook):
+        act[..., 3] = mean
+        return act
+
+    tokens = tiny.to_tokens("The capital of France is")
+    with torch.no_grad():
+        expected = tiny.run_with_hooks(tokens, fwd_hooks=[("blocks.1.mlp.hook_post", fix)])
+    ablate(tiny, [Neuron(1, 3)], how="mean", progress=False)
+    with torch.no_grad():
+        assert torch.allclose(tiny(tokens), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("objective", ["gradient_ascent", "npo", "counterexample"])
+def test_finetune_restricted_to_components(tiny, objective):
+    from excise.scoring import score_targets
+
+    answer = FACT.new_target if objective == "counterexample" else FACT.target
+    before = score_targets(tiny, [FACT.text], [answer]).logprob
+    edit = finetune(tiny, [FACT], objective=objective, params=[MLP(2)], steps=5, lr=1e-2,
+                    n_prefixes=1, progress=False)
+    assert len(edit.deltas) == 1 and "2" in next(iter(edit.deltas))
+    after = score_targets(tiny, [FACT.text], [answer]).logprob
+    assert (after > before) if objective == "counterexample" else (after < before)
+    edit.undo(tiny)
+
+
+def test_memit_batch_touches_only_given_layers(tiny):
+    other = Fact(id="capital-germany", subject="Germany", prompt="The capital of {} is", target=" Berlin")
+    base = weights_hash(tiny)
+    edit = memit(tiny, [FACT, other], layers=[0, 1], settings=FAST, progress=False)
+    assert edit.components == [MLP(0), MLP(1)] and len(edit.deltas) == 2
+    assert all(torch.isfinite(d).all() and d.abs().sum() > 0 for d in edit.deltas.values())
+    edit.undo(tiny)
+    assert weights_hash(tiny) == base
+
+
+def test_bad_input_is_explained(tiny):
+    with pytest.raises(ValueError, match="layer 9 out of range"):
+        rome(tiny, FACT, layer=9)
+    with pytest.raises(ValueError, match="new_target"):
+        rome(tiny, Fact(id="x", subject="France", prompt="{} is", target=" big"), layer=0,
+             objective="replace")
+    with pytest.raises(ValueError, match="zero"):
+        ablate(tiny, [Neuron(0, 1)], how="half")
+
+
+def test_layer_none_follows_the_mlp_causal_trace(tiny):
+    from excise.locate import causal_trace
+
+    edit = rome(tiny, FACT, layer=None, settings=FAST, trace_samples=3, max_update_ratio=100,
+                progress=False)
+    (component,) = edit.components
+    edit.undo(tiny)
+    loc = causal_trace(tiny, FACT, site="mlp", samples=3, progress=False)
+    column = loc.scores[:, loc.meta["subject_positions"][-1]]
+    allowed = max(1, round(0.6 * tiny.cfg.n_layers))
+    assert component.layer == int(column[:allowed].argmax())
+    assert "causal-trace" in edit.info["layer_choice"]

@@ -1,0 +1,62 @@
+"""save_model writes a plain Hugging Face folder; the forget CLI writes model + Edit + report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from excise.edit import rome, save_model
+from excise.edit.value import ValueSettings
+from excise.facts import Fact, write_facts
+
+FACT = Fact(id="capital-france", subject="France", prompt="The capital of {} is", target=" Paris")
+
+
+def test_save_model_loads_with_plain_transformers(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    rome(tiny, FACT, layer=1, settings=ValueSettings(n_prefixes=1, steps=3), max_update_ratio=100,
+         progress=False)
+    tokens = tiny.to_tokens("The capital of France is")
+    folder = save_model(tiny, tmp_path / "out")
+    plain = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        assert torch.allclose(plain(tokens).logits, tiny(tokens), atol=1e-4)
+    with pytest.raises(ValueError, match="not empty"):
+        save_model(tiny, folder)
+    with pytest.raises(ValueError, match="loaded from"):
+        save_model(tiny, tiny.excise_source, overwrite=True)
+
+
+def test_forget_cli(tiny_folders, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from excise.cli import main
+
+    facts = write_facts([FACT], tmp_path / "facts.jsonl")
+    out, report = tmp_path / "edited", tmp_path / "report.json"
+    args = ["forget", "--facts", str(facts), "--model", str(tiny_folders["gpt2"]), "--layer", "1",
+            "--save", str(out), "--report", str(report)]
+    assert main(args) == 0
+    assert (out / "excise_edit" / "edit.json").is_file()
+    AutoModelForCausalLM.from_pretrained(out)
+    data = json.loads(report.read_text())
+    assert data["method"] == "rome" and data["probes"][0]["kind"] == "prompt"
+    assert main(args) == 2  # refuses the now non-empty folder
+    source = ["forget", "--facts", str(facts), "--model", str(tiny_folders["gpt2"]), "--layer",
+              "1", "--save", str(tiny_folders["gpt2"]), "--overwrite"]
+    assert main(source) == 2
+
+
+def test_forget_cli_ablate(tiny_folders, tmp_path):
+    from excise.cli import main
+
+    facts = write_facts([FACT], tmp_path / "facts.jsonl")
+    out = tmp_path / "ablated"
+    args = ["forget", "--facts", str(facts), "--model", str(tiny_folders["neox"]), "--method",
+            "ablate", "--top", "5", "--save", str(out)]
+    assert main(args) == 0
+    edit = json.loads((out / "excise_edit" / "edit.json").read_text())
+    assert edit["method"] == "ablate" and len(edit["components"]) == 5

@@ -1,0 +1,49 @@
+"""Editors on the real default model: a few facts, the claims of the issue in miniature."""
+
+from __future__ import annotations
+
+import pytest
+
+from excise.edit import rome
+from excise.facts import Fact, Probe
+from excise.model import weights_hash
+from excise.scoring import score_targets
+from excise.text import perplexity
+from excise.verify.criteria import forgotten, kept
+
+pytestmark = pytest.mark.real
+
+FACTS = [
+    Fact(id="capital-france", subject="France", prompt="The capital of {} is", target=" Paris",
+         neighbors=(Probe("The capital of Germany is", " Berlin"),
+                    Probe("The capital of Italy is", " Rome"))),
+    Fact(id="capital-japan", subject="Japan", prompt="The capital of {} is", target=" Tokyo",
+         neighbors=(Probe("The capital of Germany is", " Berlin"),
+                    Probe("The capital of Italy is", " Rome"))),
+]
+
+
+def test_rome_forgets_and_keeps_neighbours(real_model):
+    model = real_model
+    base, ppl0 = weights_hash(model), perplexity(model)
+    for fact in FACTS:
+        prompts = [fact.text] + [p.prompt for p in fact.neighbors]
+        targets = [fact.target] + [p.target for p in fact.neighbors]
+        before = score_targets(model, prompts, targets)
+        assert before.known.all(), "the default model should know these facts"
+        edit = rome(model, fact, layer=4, progress=False)
+        try:
+            after = score_targets(model, prompts, targets)
+            assert forgotten(_row(before, 0), _row(after, 0)).all()
+            assert kept(after)[1:].all()
+            assert perplexity(model) <= 1.02 * ppl0
+            assert edit.info["key_tokens"] > 1000
+        finally:
+            edit.undo(model)
+    assert weights_hash(model) == base
+
+
+def _row(scores, i):
+    from excise.scoring import Scores
+
+    return Scores(scores.logprob[i:i + 1], scores.rank[i:i + 1], scores.known[i:i + 1])
