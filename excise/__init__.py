@@ -22,6 +22,13 @@ _EXPORTS = {
     "MLP": "excise.components",
     "Neuron": "excise.components",
     "Head": "excise.components",
+    "save_model": "excise.export",
+    "Edit": "excise.edit.record",
+    "causal_trace": "excise.locate.trace",
+    "Localization": "excise.locate.localization",
+    "rome": "excise.edit.rank_one",
+    "ablate": "excise.edit.ablation",
+    "verify": "excise.verify.core",
 }
 
 __all__ = sorted(_EXPORTS)

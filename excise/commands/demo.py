@@ -1,24 +1,20 @@
-"""``excise demo``: the main job on the default model.
-
-For now: check which bundled facts the default model knows (``excise facts check all``).
-"""
+"""``excise demo``: the main job on the default model (locate -> forget -> verify one fact)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(sub) -> None:
-    demo = sub.add_parser("demo", help="run the main job on the default model")
+    demo = sub.add_parser("demo", help="locate, forget and verify one fact on the default model")
     demo.add_argument("--model", default=None, help="model folder or hub id (default: SmolLM2-135M-Instruct)")
-    demo.add_argument("--out", default="out", help="folder for the demo's outputs (default: out/)")
-    demo.set_defaults(run=run_demo)
+    demo.add_argument("--fact", default=None, help="bundled fact id (default: the Eiffel Tower's city)")
+    demo.add_argument("--out", default="out", help="folder for the reports (default: out/)")
+    demo.set_defaults(run=run)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from excise.commands.facts import run_check
+def run(args: argparse.Namespace) -> int:
+    from excise.verify.demo import DEMO_FACT, run_demo
 
-    out = Path(args.out)
-    check = argparse.Namespace(file="all", model=args.model, out=str(out / "known_facts.jsonl"), quiet=True)
-    return run_check(check)
+    run_demo(model=args.model, out=args.out, fact_id=args.fact or DEMO_FACT)
+    return 0
