@@ -2,4 +2,34 @@
 
 Every locator returns a :class:`Localization`, whose ``.top(k)`` gives the addressed components
 (:mod:`excise.components`) that the editors in :mod:`excise.edit` accept.
+
+* :func:`causal_trace` - ROME's noise-and-restore trace over (layer, position).
+* :func:`activation_patch` - exact clean->corrupted patching (resid_pre, attn_out, mlp_out, head,
+  neuron); :func:`fact_activation_patch` builds the corrupted prompt from a fact set.
+* :func:`attribution_patch` - the gradient approximation for every head or neuron at once (AtP),
+  optionally re-checking the top candidates exactly (AtP*).
+* :func:`knowledge_neurons` - integrated gradients over MLP neurons (Dai et al. 2022).
+* :func:`direct_logit_attribution` - each head's / neuron's direct effect on the target logit.
 """
+
+from __future__ import annotations
+
+from importlib import import_module
+
+_EXPORTS = {
+    "Localization": "excise.locate.localization",
+    "causal_trace": "excise.locate.trace",
+    "activation_patch": "excise.locate.patch",
+    "fact_activation_patch": "excise.locate.patch",
+    "attribution_patch": "excise.locate.attribution",
+    "knowledge_neurons": "excise.locate.neurons",
+    "direct_logit_attribution": "excise.locate.dla",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'excise.locate' has no attribute {name!r}")

@@ -1,0 +1,91 @@
+"""Run a model from block ``l`` onward for a batch of residual streams: the engine of fast patching.
+
+A patch at layer ``l`` leaves blocks ``0..l-1`` untouched, so every patched run can start from the
+cached residual stream entering block ``l``. :class:`Runner` records, during one ordinary forward,
+the arguments the bridge passes to each block (attention mask, rotary embeddings, position ids),
+then calls ``model.blocks[l:]`` directly on a batch of residuals and unembeds only the positions a
+metric reads. TransformerLens hooks inside the blocks still fire, so per-row patches are ordinary
+hooks. Tests check it against the full forward on every tiny architecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+HookList = Sequence[tuple[str, Callable]]
+
+
+def _sanitize(value, key: str | None = None):
+    """Drop KV caches from captured block arguments (they would grow with every call)."""
+    from transformers.cache_utils import Cache
+
+    if isinstance(value, Cache):
+        return None
+    if key == "use_cache":
+        return False
+    return value
+
+
+class Runner:
+    """Cached block arguments for one token sequence, and batched partial forwards.
+
+    ``tokens`` is ``[1, pos]``. ``cache`` holds the activations named by ``names`` from the
+    capturing forward (``[1, pos, ...]`` each); ``logits`` its logits ``[1, pos, d_vocab]``.
+    """
+
+    def __init__(self, model, tokens: torch.Tensor, names: Iterable[str] = (), fwd_hooks: HookList = ()):
+        self.model = model
+        self.tokens = tokens
+        self.n_layers = model.cfg.n_layers
+        calls: dict[int, tuple[tuple, dict]] = {}
+
+        def capture(layer):
+            def hook(module, args, kwargs):
+                calls[layer] = (tuple(_sanitize(a) for a in args[1:]),
+                                {k: _sanitize(v, k) for k, v in kwargs.items()})
+            return hook
+
+        handles = [block.register_forward_pre_hook(capture(i), with_kwargs=True)
+                   for i, block in enumerate(model.blocks)]
+        wanted = set(names)
+        try:
+            with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+                self.logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.cache = {name: cache[name] for name in wanted}
+        self.calls = calls
+
+    def run_from(
+        self,
+        layer: int,
+        resid: torch.Tensor,
+        read: Sequence[int],
+        fwd_hooks: HookList = (),
+    ) -> torch.Tensor:
+        """Logits ``[batch, len(read), d_vocab]`` of running blocks ``layer..`` on ``resid``.
+
+        ``resid`` ``[batch, pos, d_model]`` is the residual stream entering block ``layer``
+        (``layer == n_layers`` means the final residual). Gradients flow when enabled.
+        """
+        x = resid
+        with self.model.hooks(fwd_hooks=list(fwd_hooks)):
+            for index in range(layer, self.n_layers):
+                args, kwargs = self.calls[index]
+                out = self.model.blocks[index](x, *args, **kwargs)
+                x = out[0] if isinstance(out, tuple) else out
+        x = x[:, list(read)]  # [batch, n_read, d_model]
+        return self.model.unembed(self.model.ln_final(x))
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    """Slices covering ``range(n)`` in pieces of at most ``size``."""
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def rows_per_chunk(n_pos: int, budget_tokens: int = 2048) -> int:
+    """How many rows of ``n_pos`` tokens to batch together (bounds memory, keeps batches big)."""
+    return max(1, budget_tokens // max(1, n_pos))

@@ -1,0 +1,68 @@
+"""Locators on the real default model: TransformerLens equivalence and behaviour on a known fact."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from excise.components import MLP
+from excise.facts import Fact
+from excise.locate import activation_patch, attribution_patch, causal_trace
+
+pytestmark = pytest.mark.real
+
+EIFFEL = Fact(id="eiffel", subject="The Eiffel Tower", prompt="{} is located in the city of",
+              target=" Paris")
+
+
+@torch.no_grad()
+def test_activation_patch_equals_transformer_lens_on_default_model(real_model):
+    """Every site, a subset of layers (TL runs one forward per patch): max |diff| <= 1e-4."""
+    import transformer_lens.patching as tlp
+
+    model = real_model
+    clean, corrupted = model.to_tokens("The Eiffel Tower is in"), model.to_tokens("The Colosseum is in")
+    answer, wrong = model.to_single_token(" Paris"), model.to_single_token(" Rome")
+    _, cache = model.run_with_cache(clean)
+    lc, lr = model(clean)[0, -1], model(corrupted)[0, -1]
+    ld_c, ld_r = lc[answer] - lc[wrong], lr[answer] - lr[wrong]
+
+    def metric(logits):
+        return ((logits[0, -1, answer] - logits[0, -1, wrong]) - ld_r) / (ld_c - ld_r)
+    layers = [4, 29]
+    for site, act, setter, axis, width in [
+        ("resid_pre", "resid_pre", tlp.layer_pos_patch_setter, "pos", clean.shape[1]),
+        ("attn_out", "attn_out", tlp.layer_pos_patch_setter, "pos", clean.shape[1]),
+        ("mlp_out", "mlp_out", tlp.layer_pos_patch_setter, "pos", clean.shape[1]),
+        ("head", "z", tlp.layer_head_vector_patch_setter, "head", model.cfg.n_heads),
+    ]:
+        index = pd.DataFrame({"layer": [x for x in layers for _ in range(width)],
+                              axis: [i for _ in layers for i in range(width)]})
+        ref = tlp.generic_activation_patch(model, corrupted, cache, metric, setter, act, index_df=index)
+        ours = activation_patch(model, clean, corrupted, answer, wrong, site=site, progress=False)
+        assert float((ours.scores[layers].flatten() - ref.cpu()).abs().max()) <= 1e-4, site
+
+
+def test_causal_trace_finds_the_eiffel_tower(real_model):
+    loc = causal_trace(real_model, EIFFEL, site="mlp", samples=3, progress=False)
+    meta = loc.meta
+    assert meta["subject_positions"] == [1, 2, 3, 4]
+    assert meta["clean_score"] > 5 * meta["corrupted_score"]
+    assert loc.scores.shape == (real_model.cfg.n_layers, 11)
+    # restoring MLPs at the subject recovers much of the clean probability, mostly in early layers
+    best = loc.scores[:, meta["subject_positions"]].max()
+    assert best > meta["corrupted_score"] + 0.5 * (meta["clean_score"] - meta["corrupted_score"])
+    assert loc.top(1)[0] in [MLP(i) for i in range(real_model.cfg.n_layers // 2)]
+
+
+def test_attribution_patch_tracks_exact_patching_on_default_model(real_model):
+    model = real_model
+    clean, corrupted = model.to_tokens("The Eiffel Tower is in"), model.to_tokens("The Colosseum is in")
+    answer, wrong = model.to_single_token(" Paris"), model.to_single_token(" Rome")
+    approx = attribution_patch(model, clean, corrupted, answer, wrong, site="head", verify_top=5,
+                               progress=False)
+    exact = [v["exact"] for v in approx.meta["verified"]]
+    estimate = [v["attribution"] for v in approx.meta["verified"]]
+    assert all(abs(a - b) < 0.5 for a, b in zip(estimate, exact))
+    assert torch.isfinite(approx.scores).all()
