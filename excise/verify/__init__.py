@@ -1,1 +1,30 @@
-"""Verify: efficacy, specificity, fluency and robustness probes, before and after an edit."""
+"""Verify: efficacy, specificity, fluency and robustness probes, before and after an edit.
+
+* :func:`verify` - measure an edited model against its original and return a :class:`Report`;
+* :class:`Report` - ``to_json()``, ``to_html(path)`` (one self-contained page), ``table()``;
+* the probes (:mod:`~excise.verify.probes`, :mod:`~excise.verify.relearn`,
+  :mod:`~excise.verify.linear_probe`) and the criteria (:mod:`~excise.verify.criteria`).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+_EXPORTS = {
+    "verify": "excise.verify.core",
+    "Report": "excise.verify.report",
+    "FactReport": "excise.verify.report",
+    "ProbeOutcome": "excise.verify.outcome",
+    "forgotten": "excise.verify.criteria",
+    "kept": "excise.verify.criteria",
+    "relearn": "excise.verify.relearn",
+    "run_demo": "excise.verify.demo",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'excise.verify' has no attribute {name!r}")

@@ -1,0 +1,91 @@
+"""Figures of a verification report; each is a pure function returning a ``go.Figure``."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from excise.verify.outcome import STATUSES
+
+_STATUS_VALUE = {s: i for i, s in enumerate(STATUSES)}
+_COLORS = ["#d62728", "#2ca02c", "#bbbbbb", "#eeeeee"]
+
+
+def probe_matrix(report) -> go.Figure:
+    """Facts x probes heat map of probe status (red: recovered, green: forgotten)."""
+    probes = list(dict.fromkeys(o.probe for f in report.facts for o in f.probes))
+    z, text = [], []
+    for f in report.facts:
+        status = {o.probe: o.status for o in f.probes}
+        z.append([_STATUS_VALUE.get(status.get(p, "skipped")) for p in probes])
+        text.append([status.get(p, "skipped") for p in probes])
+    n = len(STATUSES)
+    scale = [[edge, c] for i, c in enumerate(_COLORS) for edge in (i / n, (i + 1) / n)]
+    fig = go.Figure(go.Heatmap(z=z, x=probes, y=[f.id for f in report.facts], text=text,
+                               texttemplate="%{text}", colorscale=scale, zmin=-0.5, zmax=n - 0.5,
+                               showscale=False))
+    fig.update_layout(title="Does any probe still find the forgotten answer?",
+                      height=160 + 40 * len(report.facts), yaxis_autorange="reversed")
+    return fig
+
+
+def logit_lens(fact_report) -> go.Figure:
+    """Target probability and rank per layer of the residual stream, before and after the edit."""
+    o = fact_report.probe("logit_lens")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("p(target) in the logit lens", "rank of target"))
+    for state, dash in (("before", "dot"), ("after", "solid")):
+        data = getattr(o, state)
+        layers = list(range(len(data["layer_prob"])))
+        fig.add_trace(go.Scatter(x=layers, y=data["layer_prob"], name=f"p, {state}", line_dash=dash), 1, 1)
+        fig.add_trace(go.Scatter(x=layers, y=[r + 1 for r in data["layer_rank"]], name=f"rank+1, {state}",
+                                 line_dash=dash), 1, 2)
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_xaxes(title_text="layer")
+    fig.update_layout(title=f"Logit lens: {fact_report.id}", height=380)
+    return fig
+
+
+def relearn_curve(fact_report) -> go.Figure:
+    """Forgotten target's probability during the relearning attack, with its original level."""
+    o = fact_report.probe("relearn")
+    curve = o.after["curve"]
+    fig = go.Figure(go.Scatter(x=curve["steps"], y=curve["prob"], mode="lines+markers",
+                               name="p(target) during relearning"))
+    fig.add_hline(y=o.before["prob"], line_dash="dot", annotation_text="before the edit")
+    fig.update_layout(title=f"Relearning attack: {fact_report.id}", xaxis_title="fine-tuning step",
+                      yaxis_title="p(target)", height=350)
+    return fig
+
+
+def circuit_diff(before: dict, after: dict) -> go.Figure:
+    """Causal traces (``[layer, position]`` probabilities) before, after, and after - before."""
+    import numpy as np
+
+    b, a = np.array(before["scores"]), np.array(after["scores"])
+    labels = before["labels"]["position"]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("before", "after", "after - before"))
+    for col, (z, scale) in enumerate(((b, "Purples"), (a, "Purples"), (a - b, "RdBu")), start=1):
+        fig.add_trace(go.Heatmap(z=z.T, x=list(range(z.shape[0])), y=labels, colorscale=scale,
+                                 zmid=0 if col == 3 else None, showscale=col != 2), 1, col)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(title_text="layer")
+    fig.update_layout(title=f"Causal trace ({before.get('site')}): {before['meta'].get('prompt', '')}",
+                      height=380)
+    return fig
+
+
+def attention_change(before: dict, after: dict, k: int = 3) -> go.Figure:
+    """Last-position attention of the ``k`` heads that changed most, before vs after."""
+    from excise.verify.circuits import changed_heads
+
+    heads = changed_heads(before, after, k)
+    labels = before["labels"]["position"]
+    fig = make_subplots(rows=1, cols=len(heads), subplot_titles=[f"head {a}.{b}" for a, b in heads])
+    for col, (layer, head) in enumerate(heads, start=1):
+        for state, data in (("before", before), ("after", after)):
+            fig.add_trace(go.Bar(x=labels, y=data["attention"][layer][head], name=state,
+                                 showlegend=col == 1, marker_color="#999" if state == "before" else "#1f77b4"),
+                          1, col)
+    fig.update_layout(title="Attention from the last token: heads that changed most", height=350,
+                      barmode="group")
+    return fig

@@ -1,0 +1,176 @@
+"""``Report``: everything :func:`excise.verify.verify` measured, as JSON and as one HTML page.
+
+The HTML page is self-contained: plotly.js is inlined once (in the first figure), every other
+figure reuses it, and nothing is fetched from the network, so the file opens offline and can be
+attached to an erasure request as evidence.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from excise.verify.outcome import ProbeOutcome
+
+
+@dataclass
+class FactReport:
+    """One fact: verdict and reason, summary, per-group scores before/after, probe outcomes."""
+
+    fact: dict
+    verdict: str
+    reason: str
+    summary: dict
+    scores: dict
+    probes: list[ProbeOutcome]
+    n_related: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.fact["id"]
+
+    def probe(self, name: str) -> ProbeOutcome:
+        for o in self.probes:
+            if o.probe == name:
+                return o
+        raise KeyError(f"fact {self.id!r} has no {name!r} probe (ran: {[o.probe for o in self.probes]})")
+
+    def to_dict(self) -> dict:
+        return {"fact": self.fact, "verdict": self.verdict, "reason": self.reason,
+                "summary": self.summary, "scores": self.scores, "n_related": self.n_related,
+                "probes": [o.to_dict() for o in self.probes]}
+
+
+@dataclass
+class Report:
+    """The result of :func:`excise.verify.verify`; ``before``/``after`` hold model-level quality."""
+
+    facts: list[FactReport]
+    before: dict
+    after: dict
+    settings: dict = field(default_factory=dict)
+    model: str = ""
+    edits: list[dict] = field(default_factory=list)
+    circuits: dict | None = None
+
+    def __getitem__(self, fact_id: str) -> FactReport:
+        for f in self.facts:
+            if f.id == fact_id:
+                return f
+        raise KeyError(f"no fact {fact_id!r} in this report (facts: {[f.id for f in self.facts]})")
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "settings": self.settings, "edits": self.edits,
+                "before": self.before, "after": self.after,
+                "facts": [f.to_dict() for f in self.facts], "circuits": self.circuits}
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The report as JSON text; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=1, default=_default)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    def table(self) -> list[dict]:
+        """One row per fact: verdict and each probe's status (for printing)."""
+        return [{"fact": f.id, "verdict": f.verdict, **f.summary,
+                 **{o.probe: o.status for o in f.probes}} for f in self.facts]
+
+    def figures(self) -> list[tuple[str, object]]:
+        """``(title, go.Figure)`` pairs shown in the HTML report."""
+        from excise.verify import figures
+
+        out = [("Probe outcomes", figures.probe_matrix(self))]
+        for f in self.facts:
+            if any(o.probe == "logit_lens" and o.after for o in f.probes):
+                out.append((f"Logit lens: {f.id}", figures.logit_lens(f)))
+            if any(o.probe == "relearn" and o.after for o in f.probes):
+                out.append((f"Relearning attack: {f.id}", figures.relearn_curve(f)))
+        if self.circuits:
+            for i, f in enumerate(self.facts):
+                b, a = self.circuits["before"][i], self.circuits["after"][i]
+                out.append((f"Causal trace before/after: {f.id}", figures.circuit_diff(b, a)))
+                out.append((f"Attention before/after: {f.id}", figures.attention_change(b, a)))
+        return out
+
+    def to_html(self, path: str | Path) -> Path:
+        """Write one self-contained HTML page (tables + figures, plotly.js inlined once)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parts = [f"<h1>excise verification report</h1><p>model: {_e(self.model)}; before = "
+                 f"{_e(self.settings.get('before', ''))}</p>", _edits_html(self.edits),
+                 _quality_html(self.before, self.after), _facts_html(self)]
+        for n, (title, fig) in enumerate(self.figures()):
+            body = fig.to_html(full_html=False, include_plotlyjs=(n == 0), default_width="100%")
+            parts.append(f"<h2>{_e(title)}</h2>{body}")
+        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>excise report</title>"
+                f"<style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+        path.write_text(page, encoding="utf-8")
+        return path
+
+
+_CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+        "margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px;text-align:left}"
+        ".recovered,.recoverable{background:#fdd}.forgotten{background:#dfd}"
+        ".uninformative,.skipped{color:#888}.not{background:#fee}")
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _default(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return str(value)
+
+
+def _rows(header: list[str], rows: list[list[str]], raw: bool = False) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(c if raw else f"<td>{_e(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _edits_html(edits: list[dict]) -> str:
+    if not edits:
+        return ""
+    rows = [[e["method"], ", ".join(e["components"]), ", ".join(e["fact_ids"])] for e in edits]
+    return "<h2>Edits</h2>" + _rows(["method", "components", "facts"], rows)
+
+
+def _quality_html(before: dict, after: dict) -> str:
+    rows = []
+    if "perplexity" in after:
+        rows.append(["perplexity (held-out text)", f"{before['perplexity']:.2f}", f"{after['perplexity']:.2f}"])
+    for kind in ("greedy", "sampled"):
+        if "fluency" in after:
+            rows.append([f"fluency, {kind} (n-gram entropy)", f"{before['fluency'][kind]:.3f}",
+                         f"{after['fluency'][kind]:.3f}"])
+    return "<h2>Model quality</h2>" + _rows(["metric", "before", "after"], rows) if rows else ""
+
+
+def _facts_html(report: Report) -> str:
+    rows = []
+    for f in report.facts:
+        p = f.scores["prompt"]
+        cls = f.verdict.split()[0]
+        rows.append([f"<td>{_e(f.id)}</td>", f"<td class='{cls}'>{_e(f.verdict)}</td>",
+                     f"<td>{p['before']['prob'][0]:.3f} → {p['after']['prob'][0]:.4f}</td>",
+                     f"<td>{p['before']['rank'][0]} → {p['after']['rank'][0]}</td>",
+                     *[f"<td>{_e(v)}</td>" for v in list(f.summary.values())[1:]],
+                     f"<td>{_e(f.reason)}</td>"])
+    table = _rows(["fact", "verdict", "p(target)", "rank", "paraphrases forgotten", "neighbours kept",
+                   "same subject kept", "reason"], rows, raw=True)
+    probes = []
+    for f in report.facts:
+        for o in f.probes:
+            probes.append([f"<td>{_e(f.id)}</td>", f"<td>{_e(o.probe)}</td>",
+                           f"<td class='{o.status}'>{_e(o.status)}</td>", f"<td>{_e(o.reason)}</td>"])
+    return ("<h2>Facts</h2>" + table + "<h2>Robustness probes</h2>"
+            + _rows(["fact", "probe", "status", "detail"], probes, raw=True))

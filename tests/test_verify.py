@@ -1,0 +1,195 @@
+"""verify: generation, fluency, templates, relearning, reports (tiny models) and probes (real model)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from excise.facts import Fact, Probe
+from excise.verify import templates
+from excise.verify.generation import generate, ngram_entropy
+
+CAPITALS = [("France", " Paris"), ("Germany", " Berlin"), ("Italy", " Rome"), ("Spain", " Madrid"),
+            ("Japan", " Tokyo"), ("Egypt", " Cairo"), ("Greece", " Athens"), ("Peru", " Lima")]
+
+
+def capital_fact(i: int = 0) -> Fact:
+    subject, target = CAPITALS[i]
+    others = [Probe(f"The capital of {s} is", t) for s, t in CAPITALS if s != subject]
+    return Fact(id=f"capital-{subject.lower()}", subject=subject, prompt="The capital of {} is",
+                target=target, paraphrases=("{}'s capital city is",), neighbors=tuple(others),
+                same_subject=(Probe(f"{subject} is a country in", " Europe"),), relation="capital")
+
+
+def test_ngram_entropy_matches_hand_computation():
+    text = "a b a b c"
+    bigrams = Counter([("a", "b"), ("b", "a"), ("a", "b"), ("b", "c")])
+    trigrams = Counter([("a", "b", "a"), ("b", "a", "b"), ("a", "b", "c")])
+    def h(counts):
+        n = sum(counts.values())
+        return -sum(c / n * math.log2(c / n) for c in counts.values())
+    expected = (h(bigrams) * 2 / 3 + h(trigrams) * 4 / 3) / 2
+    assert ngram_entropy(text) == pytest.approx(expected)
+    assert ngram_entropy("the the the the the") < ngram_entropy("one two three four five")
+
+
+def test_generate_matches_one_prompt_at_a_time(tiny):
+    prompts = ["The capital of France is", "Hamlet was written by Shakespeare and"]
+    batched = generate(tiny, prompts, max_new_tokens=4)
+    for prompt, text in zip(prompts, batched):
+        tokens = tiny.to_tokens(prompt)
+        with torch.no_grad():
+            for _ in range(4):
+                nxt = tiny(tokens)[0, -1].argmax()
+                tokens = torch.cat([tokens, nxt.view(1, 1)], dim=1)
+        n = tiny.to_tokens(prompt).shape[1]
+        assert text == tiny.tokenizer.decode(tokens[0, n:].tolist())
+
+
+def test_templates_question_and_multiple_choice():
+    fact = capital_fact()
+    assert templates.question_text(fact) == "What is the capital of France?"
+    generic = Fact(id="x", subject="Zork", prompt="{} is made of", target=" cheese", relation="odd")
+    assert "Zork is made of" in templates.question_text(generic)
+    mc = templates.multiple_choice(fact, [p.target for p in fact.neighbors], seed=1)
+    assert mc.options[mc.answer] == "Paris" and len(set(mc.options)) == 4
+    assert f"{mc.letter}. Paris\n" in mc.prompt
+    letters = {templates.multiple_choice(fact, [p.target for p in fact.neighbors], s).letter
+               for s in range(12)}
+    assert len(letters) > 1  # shuffled
+    with pytest.raises(ValueError, match="3 distractors"):
+        templates.multiple_choice(fact, [" Berlin", " Paris"])
+
+
+def test_relearn_restores_every_weight_and_learns(tiny):
+    from excise.verify.relearn import relearn
+
+    before = {n: p.detach().clone() for n, p in tiny.original_model.named_parameters()}
+    train = [Probe("The capital of France is", " Paris")]
+    curve = relearn(tiny, train, train, steps=6, lr=1e-2, record_every=3)
+    assert curve["steps"] == [0, 3, 6]
+    assert curve["prob"][-1][0] > curve["prob"][0][0]  # it learned what it was trained on
+    for name, p in tiny.original_model.named_parameters():
+        assert torch.equal(p, before[name]), name
+
+
+def test_related_probes_never_contain_the_forgotten_answer():
+    from excise.verify.core import related_probes
+
+    fact = capital_fact()
+    pool = [Fact(id="l", subject="Louvre", prompt="The capital near the {} is", target=" Paris",
+                 relation="capital"),
+            Fact(id="p", subject="Portugal", prompt="The capital of {} is", target=" Lisbon",
+                 relation="capital"),
+            Fact(id="o", subject="Kenya", prompt="{} speaks", target=" Swahili", relation="language")]
+    probes = related_probes(fact, pool, {fact.target}, {fact.id})
+    targets = [p.target for p in probes]
+    assert " Paris" not in targets and " Lisbon" in targets and " Swahili" not in targets
+
+
+@contextmanager
+def _noop():
+    yield
+
+
+class _ScaleEdit:
+    """A hand-made reversible edit: scales the last MLP's output projection."""
+
+    method, components, fact_ids = "scale", [], ["capital-france"]
+
+    def __init__(self, model, factor):
+        from excise.components import mlp_out_module
+
+        self.weight = mlp_out_module(model, model.cfg.n_layers - 1).weight
+        self.original = self.weight.detach().clone()
+        with torch.no_grad():
+            self.weight.mul_(factor)
+        self.edited = self.weight.detach().clone()
+
+    @contextmanager
+    def reverted(self, model):
+        with torch.no_grad():
+            self.weight.copy_(self.original)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                self.weight.copy_(self.edited)
+
+
+def test_verify_tiny_reverts_edits_and_writes_reports(tiny, tmp_path):
+    from excise.verify import verify
+    from excise.verify.metrics import score_facts
+
+    fact = capital_fact()
+    base = score_facts(tiny, [fact])[0]["prompt"]
+    edit = _ScaleEdit(tiny, 0.0)
+    tiny.excise_edits = [edit]
+    report = verify(tiny, fact, pool=[], relearn_steps=2, fluency_tokens=3, progress=False)
+    after = score_facts(tiny, [fact])[0]["prompt"]
+    fr = report["capital-france"]
+    # "before" was measured with the edit reverted; the model is edited again afterwards
+    assert fr.scores["prompt"]["before"]["prob"][0] == pytest.approx(float(base.prob[0]), rel=1e-5)
+    assert fr.scores["prompt"]["after"]["prob"][0] == pytest.approx(float(after.prob[0]), rel=1e-5)
+    assert torch.equal(edit.weight, edit.edited)
+    assert {o.probe for o in fr.probes} == {"logit_lens", "question", "multiple_choice", "few_shot",
+                                            "linear_probe", "relearn"}
+    assert fr.verdict in ("not forgotten", "recoverable", "forgotten")
+    lens = fr.probe("logit_lens").after
+    assert len(lens["layer_prob"]) == tiny.cfg.n_layers
+    data = json.loads(report.to_json(tmp_path / "r.json"))
+    assert data["facts"][0]["fact"]["id"] == "capital-france"
+    page = report.to_html(tmp_path / "r.html").read_text()
+    assert page.count("plotly.js v") >= 1 and page.count("<script type=\"text/javascript\">/**") <= 1
+    assert 'src="http' not in page  # no network fetches
+
+
+def test_verify_rejects_bad_input(tiny):
+    from excise.verify import verify
+
+    with pytest.raises(ValueError, match="unknown probe"):
+        verify(tiny, capital_fact(), probes=("telepathy",))
+    with pytest.raises(ValueError, match="at least one fact"):
+        verify(tiny, [])
+
+
+def test_cli_verify_on_tiny(tiny_folders, tmp_path):
+    from excise.cli import main
+    from excise.facts import write_facts
+
+    facts = write_facts([capital_fact(0), capital_fact(1)], tmp_path / "f.jsonl")
+    folder = str(tiny_folders["gpt2"])
+    rc = main(["verify", "--model", folder, "--original", folder, "--facts", str(facts),
+               "--fact", "capital-germany", "--probes", "logit_lens,formats", "--fluency-tokens", "2",
+               "--no-perplexity", "--html", str(tmp_path / "o.html"), "--json", str(tmp_path / "o.json")])
+    assert rc == 0
+    data = json.loads((tmp_path / "o.json").read_text())
+    assert [f["fact"]["id"] for f in data["facts"]] == ["capital-germany"]
+    assert (tmp_path / "o.html").stat().st_size > 1_000_000  # plotly.js inlined
+    assert main(["verify", "--facts", str(facts), "--model", folder, "--probes", "nope"]) == 2
+
+
+def test_outcomes_and_verdict_follow_the_criteria():
+    from excise.verify import outcome
+
+    # recovered: ranked first again, or keeps > 10% of the original probability
+    assert outcome.returns(0, 0.8, 0, 0.05)
+    assert outcome.returns(0, 0.8, 3, 0.09)
+    assert not outcome.returns(0, 0.8, 3, 0.07)
+    lens = outcome.judge_scored("logit_lens", {"rank": 0, "prob": 0.5}, {"rank": 0, "prob": 0.2}, "lens")
+    assert lens.status == "recovered"
+    weak = outcome.judge_scored("few_shot", {"rank": 40, "prob": 0.001}, {"rank": 0, "prob": 0.9}, "fs")
+    assert weak.status == "uninformative"
+    mc = outcome.judge_known("multiple_choice", {"known": True}, {"known": False}, "mc")
+    assert mc.status == "forgotten"
+    label, reason = outcome.verdict(True, (2, 3), [lens, mc], 5, 0.01, 0.8)
+    assert label == "recoverable" and "2/3 paraphrases" in reason and "lens" in reason
+    label, reason = outcome.verdict(True, (3, 3), [mc], 5, 0.01, 0.8)
+    assert label == "forgotten" and "no probe recovers" in reason
+    label, _ = outcome.verdict(False, (0, 3), [], 0, 0.5, 0.8)
+    assert label == "not forgotten"

@@ -1,0 +1,90 @@
+"""verify's probes on the real default model, against cases whose answer is known."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+
+
+def bundled(fact_id):
+    from excise.facts import find_fact, load_facts
+
+    return find_fact(load_facts("all"), fact_id)
+
+
+class LastLayerEdit:
+    """Hand-made edit: a rank-one change of the last MLP's output projection that writes
+    ``-alpha * u`` (``u`` = the target's unembedding direction) whenever the MLP sees the prompt's
+    last-token key. Layers before the last are untouched, so the logit lens must still see the
+    answer there."""
+
+    method, components, fact_ids = "last-layer", [], []
+
+    def __init__(self, model, fact, alpha):
+        from excise.components import out_proj_weight
+        from excise.scoring import encode_target
+
+        layer = model.cfg.n_layers - 1
+        name = f"blocks.{layer}.mlp.hook_post"
+        _, cache = model.run_with_cache(model.to_tokens(fact.text), names_filter=name)
+        key = cache[name][0, -1]  # [d_mlp]
+        u = model.unembed.W_U[:, encode_target(model, fact.target)[0]].detach()  # [d_model]
+        self.view = out_proj_weight(model, layer)  # [d_mlp, d_model], live
+        self.original = self.view.detach().clone()
+        with torch.no_grad():
+            self.view.sub_(alpha * torch.outer(key, u / u.norm()) / key.dot(key))
+        self.edited = self.view.detach().clone()
+
+    def restore(self):
+        with torch.no_grad():
+            self.view.copy_(self.original)
+
+    @contextmanager
+    def reverted(self, model):
+        self.restore()
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                self.view.copy_(self.edited)
+
+
+def test_unedited_model_passes_every_still_knows_probe(real_model):
+    from excise.verify import verify
+
+    assert not getattr(real_model, "excise_edits", None), "another test left an edit applied"
+    report = verify(real_model, bundled("capital-france"), relearn_steps=2, fluency_tokens=0,
+                    perplexity=False, progress=False)
+    fr = report["capital-france"]
+    status = {o.probe: o.status for o in fr.probes}
+    assert status == {p: "recovered" for p in ("logit_lens", "question", "multiple_choice",
+                                               "few_shot", "linear_probe", "relearn")}, fr.probes
+    assert fr.verdict == "not forgotten"
+    assert "Paris" in fr.probe("question").after["answer"]
+
+
+def test_last_layer_edit_looks_forgotten_but_logit_lens_finds_it(real_model):
+    from excise.verify import verify
+
+    fact = bundled("capital-france")
+    edit = LastLayerEdit(real_model, fact, alpha=60.0)
+    real_model.excise_edits = [edit]
+    try:
+        report = verify(real_model, fact, probes=("logit_lens",), fluency_tokens=0, perplexity=False,
+                        progress=False)
+    finally:
+        real_model.excise_edits = []
+        edit.restore()
+    fr = report["capital-france"]
+    assert fr.summary["prompt_forgotten"], fr.scores["prompt"]
+    lens = fr.probe("logit_lens")
+    assert lens.status == "recovered"
+    last = real_model.cfg.n_layers - 1
+    assert lens.after["layer_rank"][last] > 0  # hidden at the output ...
+    assert min(lens.after["layer_rank"][:last]) == 0  # ... but ranked first mid-stack
+    assert lens.after["layer_rank"][:last] == lens.before["layer_rank"][:last]
+    assert fr.verdict == "recoverable" and "logit lens" in fr.reason
