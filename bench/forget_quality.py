@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from collections import defaultdict
 
@@ -65,6 +66,7 @@ def single_fact_methods(args):
                                                            progress=False),
         "finetune-ga(all)": lambda m, f: finetune(m, [f], "gradient_ascent", progress=False),
         "finetune-npo(all)": lambda m, f: finetune(m, [f], "npo", lr=1e-4, progress=False),
+        "finetune-cx(all)": lambda m, f: finetune(m, [f], "counterexample", progress=False),
         "finetune-ga(mlp L)": lambda m, f: finetune(
             m, [f], "gradient_ascent", params=[__import__("excise").MLP(args.layer)], progress=False),
     }
@@ -111,7 +113,7 @@ def main():
     parser.add_argument("--baseline-limit", type=int, default=8, help="facts for fine-tuning baselines")
     parser.add_argument("--batch", type=int, default=50, help="facts in the MEMIT batch (0: skip)")
     parser.add_argument("--layer", type=int, default=4)
-    parser.add_argument("--methods", default="all")
+    parser.add_argument("--methods", default="all", help="comma-separated method names, or none")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
@@ -133,6 +135,8 @@ def main():
                 agg[kind][0] += hit
                 agg[kind][1] += total
             edit.undo(model)
+            print(f"  after {fact.id}: " + table_row(name, len(facts[:n]), agg, seconds),
+                  file=sys.stderr, flush=True)
         print(table_row(name, len(facts[:n]), agg, seconds / max(1, len(facts[:n]))), flush=True)
     if args.batch:
         batch = facts[: args.batch]

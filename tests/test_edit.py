@@ -41,7 +41,8 @@ def test_rome_matches_closed_form_and_undoes_bit_for_bit(tiny):
     from excise.edit.rank_one import subject_key
     with edit.reverted(tiny):
         c = key_stats(tiny, [1], SampleSpec(), progress=False)[1].second_moment.double()
-        k = subject_key(tiny, 1, rewriting_prompts(tiny, FACT.prompt, FAST.n_prefixes), "France").double()
+        running = subject_key(tiny, 1, rewriting_prompts(tiny, FACT.prompt, FAST.n_prefixes), "France")
+        k = (0.5 * (running + subject_key(tiny, 1, ["{}"], "France"))).double()
     c = c + 1e-2 * c.diagonal().mean() * torch.eye(len(c), dtype=c.dtype)
     u = torch.linalg.inv(c) @ k / (k @ torch.linalg.inv(c) @ k)
     # k^T dW = delta exactly, and dW's row space is u

@@ -3,11 +3,14 @@
 * :func:`context_prefixes`: short texts the model itself writes from varied openings; a fact's
   prompt is also evaluated after each of them so that the computed key and value generalise
   beyond one exact wording (ROME's "context templates").
+* :func:`fact_templates`: the prompt and the fact's paraphrases, bare and prefixed (what a value
+  is optimised on).
 * :func:`subject_last_position`: where the subject's last token sits in a tokenized prompt.
 * :func:`mlp_keys`: the input of the MLP output projection (``blocks.{l}.mlp.hook_post``) at
   chosen positions, captured with a forward pre-hook on the live module.
 * :func:`add_at_positions`: a forward hook that adds a vector to a module's output at chosen
-  positions (how ROME/MEMIT optimise the value without touching weights).
+  positions (how MEMIT optimises the value without touching weights); :func:`add_rank_one`
+  simulates a rank-one weight update exactly (how ROME optimises it).
 """
 
 from __future__ import annotations
@@ -76,6 +79,21 @@ def rewriting_prompts(model, template: str, n_prefixes: int = 6) -> list[str]:
     return [template, *(f"{p} {template}" for p in context_prefixes(model, n_prefixes))]
 
 
+def fact_templates(model, fact, n_prefixes: int = 4, paraphrases: bool = True) -> list[str]:
+    """Templates a fact is edited on: its prompt (bare and after ``n_prefixes`` context prefixes)
+    and, with ``paraphrases``, each paraphrase bare and after one prefix (round-robin).
+
+    Editing on several wordings of the relation is what makes the edit generalise to wordings
+    it never saw; the prefixes keep it from depending on the subject opening the text.
+    """
+    templates = rewriting_prompts(model, fact.prompt, n_prefixes)
+    if paraphrases and fact.paraphrases:
+        prefixes = context_prefixes(model, max(1, n_prefixes))
+        for i, para in enumerate(fact.paraphrases):
+            templates += [para, f"{prefixes[i % len(prefixes)]} {para}"]
+    return templates
+
+
 def subject_last_position(model, template: str, subject: str) -> int:
     """Index (BOS included) of the subject's last token in ``model.to_tokens(template.format(subject))``."""
     head = template[: template.index("{}")] + subject
@@ -120,6 +138,26 @@ def add_at_positions(module, delta: torch.Tensor, positions: torch.Tensor):
         bump = torch.zeros_like(output)
         bump[rows, positions] = delta.to(output.dtype)
         return output + bump
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def add_rank_one(module, direction: torch.Tensor, delta: torch.Tensor):
+    """Inside ``with``, act as if ``module``'s weight were ``W + direction delta^T``.
+
+    The output at every position gets ``(k . direction) delta`` where ``k`` ``[d_mlp]`` is the
+    module's input there: the exact effect of the rank-one update, on the subject and on every
+    other token, without touching the weight.
+    """
+
+    def hook(mod, args, output):
+        coeff = args[0] @ direction.to(args[0].dtype)  # [batch, pos]
+        return output + coeff[..., None] * delta.to(output.dtype)
 
     handle = module.register_forward_hook(hook)
     try:

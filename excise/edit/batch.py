@@ -3,7 +3,8 @@
 For each fact, the value optimisation (:mod:`excise.edit.value`) finds the change ``delta_i``
 that the residual stream at the subject's last token needs at the *last* edited layer; the
 target is ``z_i = h_i + delta_i``. The layers are then updated from first to last; at layer
-``l`` with keys ``K`` ``[fact, d_mlp]`` (each prefix-averaged) and remaining residuals ``R``
+``l`` with keys ``K`` ``[fact, d_mlp]`` (each the mean of the prefix-averaged running-text key and
+the text-start key, as in :func:`~excise.edit.rank_one.balanced_key`) and remaining residuals ``R``
 ``[fact, d_model]`` (``(z - h_current) / layers_left``), the least-squares update is::
 
     dW = (lambda C + K^T K)^-1 K^T R        # [d_mlp, d_model]
@@ -86,21 +87,30 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
 
 
 def _fact_batch(model, facts, n_prefixes: int):
+    """Rows for the keys and residuals: each fact's prompt in running text (bare and prefixed),
+    then one row per fact with the subject opening the text (see ``rank_one.balanced_key``)."""
     templates, subjects, groups = [], [], []
     for i, fact in enumerate(facts):
         for template in rewriting_prompts(model, fact.prompt, n_prefixes):
             templates.append(template)
             subjects.append(fact.subject)
             groups.append(i)
+    templates += ["{}"] * len(facts)
+    subjects += [fact.subject for fact in facts]
+    groups += [len(facts) + i for i in range(len(facts))]
     batch, positions = subject_batch(model, templates, subjects, [" ."] * len(templates))
     return batch, positions, torch.tensor(groups, device=positions.device)
 
 
 def _group_mean(rows: torch.Tensor, groups: torch.Tensor, n: int) -> torch.Tensor:
-    """``[n, d]``: mean of ``rows`` ``[batch, d]`` per group index."""
-    sums = torch.zeros(n, rows.shape[1], dtype=rows.dtype, device=rows.device).index_add_(0, groups, rows)
-    counts = torch.bincount(groups, minlength=n).to(rows.dtype)
-    return sums / counts[:, None]
+    """``[n, d]``: per fact, the mean of its running-text rows averaged with its text-start row.
+
+    ``groups`` holds ``i`` for fact ``i``'s running-text rows and ``n + i`` for its start row.
+    """
+    sums = torch.zeros(2 * n, rows.shape[1], dtype=rows.dtype, device=rows.device).index_add_(0, groups, rows)
+    counts = torch.bincount(groups, minlength=2 * n).to(rows.dtype)
+    means = sums / counts[:, None]
+    return 0.5 * (means[:n] + means[n:])
 
 
 def mlp_keys_batched(model, layer, batch, positions, size: int = 32) -> torch.Tensor:

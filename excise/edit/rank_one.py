@@ -8,10 +8,13 @@ and solves, in closed form, for the smallest change (measured with the keys' sec
     u  = C^-1 k* / (k*^T C^-1 k*)          # [d_mlp]
     W' = W + u delta^T                     # rank one, and k*^T W' = k*^T W + delta exactly
 
-``k*`` is averaged over the subject's last token in the prompt and in several prefixed copies of
-it, and the *same* ``k*`` is used in the numerator and the denominator (mixing a prefix-averaged
-key with a single-prompt one is the known cause of ROME edits with a tiny denominator that wreck
-the model). An update whose norm is out of proportion to ``W`` is refused.
+``k*`` is the subject's last-token key averaged over the prompt and several prefixed copies of
+it (running text), averaged half and half with the key of the subject opening the text (which
+differs a lot: see :func:`balanced_key`), and the *same* ``k*`` is used in the numerator and the
+denominator (mixing a prefix-averaged key with a single-prompt one is the known cause of ROME
+edits with a tiny denominator that wreck the model). ``u`` is computed *before* the value, so
+the value optimisation can simulate the exact edit (:func:`~excise.edit.value.compute_value`
+with ``direction=u``). An update whose norm is out of proportion to ``W`` is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 import torch
 
 from excise.components import MLP, mlp_out_module, out_proj_weight
-from excise.edit._common import mlp_keys, param_name, subject_batch
+from excise.edit._common import mlp_keys, param_name, rewriting_prompts, subject_batch
 from excise.edit.record import Edit, EditError, make_edit
 from excise.edit.stats import SampleSpec, key_stats
 from excise.edit.value import ValueSettings, _objective_targets, compute_value
@@ -65,10 +68,12 @@ def rome(model, fact=None, layer: int | None = None, objective: str = "forget",
     settings = settings or ValueSettings()
     stats = key_stats(model, [layer], SampleSpec(corpus=corpus), progress, base_hash)[layer]
     templates = _key_templates(model, fact, settings)
-    key = subject_key(model, layer, templates, fact.subject)
-    delta, info["value"] = compute_value(model, fact, layer, objective, new_target, settings)
+    key = balanced_key(model, layer, templates, fact.subject)
+    u, denominator = rank_one_direction(layer, key, stats.second_moment, ridge)
+    delta, info["value"] = compute_value(model, fact, layer, objective, new_target, settings,
+                                         direction=u)
     update, info["update"] = rank_one_update(model, layer, key, delta, stats.second_moment, ridge,
-                                             max_update_ratio)
+                                             max_update_ratio, direction=(u, denominator))
     info.update(key_tokens=stats.n_tokens, key_sample=stats.sample,
                 key_prompts=[t.format(fact.subject) for t in templates])
     module = mlp_out_module(model, layer)
@@ -83,8 +88,7 @@ def rome(model, fact=None, layer: int | None = None, objective: str = "forget",
 
 
 def _key_templates(model, fact, settings: ValueSettings) -> list[str]:
-    from excise.edit._common import rewriting_prompts
-
+    """The prompt, bare and after the context prefixes (the subject in running text)."""
     return rewriting_prompts(model, fact.prompt, settings.n_prefixes)
 
 
@@ -100,15 +104,27 @@ def subject_key(model, layer: int, templates: list[str], subject: str) -> torch.
     return mlp_keys(model, layer, batch.tokens, positions).mean(0)
 
 
-def rank_one_update(model, layer: int, key: torch.Tensor, delta: torch.Tensor, second_moment,
-                    ridge: float = 1e-2, max_update_ratio: float = 1.0) -> tuple[torch.Tensor, dict]:
-    """``[d_mlp, d_model]`` update ``u delta^T`` with ``u = C^-1 k / (k^T C^-1 k)``, and its report.
+def balanced_key(model, layer: int, templates: list[str], subject: str) -> torch.Tensor:
+    """``[d_mlp]``: ``k*``, the mean of the subject's key in running text and at the text's start.
 
-    Raises :class:`EditError` when the denominator is not positive or the update is out of
-    proportion to the weight (``||dW|| > max_update_ratio * ||W||``).
+    Right after BOS a token's MLP key is very different from its key in running text (the
+    first position is where attention sinks), so a key averaged over prefixed prompts has
+    ``k . u`` ~ 0.1 for a prompt that *opens* with the subject ("{} was written by"): the edit
+    would barely reach it. Averaging the two halves (``templates`` and the bare subject) gives
+    both ``k . u`` ~ 1.
     """
-    weight = out_proj_weight(model, layer).detach()  # [d_mlp, d_model]
-    c = second_moment.to(weight.device, torch.float64)
+    running = subject_key(model, layer, templates, subject)
+    start = subject_key(model, layer, ["{}"], subject)
+    return 0.5 * (running + start)
+
+
+def rank_one_direction(layer: int, key: torch.Tensor, second_moment,
+                       ridge: float = 1e-2) -> tuple[torch.Tensor, float]:
+    """``u = C^-1 k / (k^T C^-1 k)`` ``[d_mlp]`` (so ``k . u = 1``) and the denominator ``k^T C^-1 k``.
+
+    Raises :class:`EditError` when the denominator is not positive.
+    """
+    c = second_moment.to(key.device, torch.float64)
     c = c + ridge * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
     k = key.to(torch.float64)
     c_inv_k = torch.linalg.solve(c, k)  # [d_mlp]
@@ -116,8 +132,21 @@ def rank_one_update(model, layer: int, key: torch.Tensor, delta: torch.Tensor, s
     if not denominator > 0:
         raise EditError(f"rank-one update at layer {layer}: k^T C^-1 k = {denominator:.3g} is not "
                         "positive; the key statistics are broken (recompute them with more text)")
-    u = (c_inv_k / denominator).to(weight.dtype)
-    update = torch.outer(u, delta.to(weight.dtype))  # [d_mlp, d_model]
+    return (c_inv_k / denominator).to(key.dtype), denominator
+
+
+def rank_one_update(model, layer: int, key: torch.Tensor, delta: torch.Tensor, second_moment,
+                    ridge: float = 1e-2, max_update_ratio: float = 1.0,
+                    direction: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, dict]:
+    """``[d_mlp, d_model]`` update ``u delta^T`` with ``u = C^-1 k / (k^T C^-1 k)``, and its report.
+
+    ``direction``: ``(u, denominator)`` already computed by :func:`rank_one_direction`.
+    Raises :class:`EditError` when the denominator is not positive or the update is out of
+    proportion to the weight (``||dW|| > max_update_ratio * ||W||``).
+    """
+    weight = out_proj_weight(model, layer).detach()  # [d_mlp, d_model]
+    u, denominator = direction or rank_one_direction(layer, key, second_moment, ridge)
+    update = torch.outer(u.to(weight.device, weight.dtype), delta.to(weight.dtype))  # [d_mlp, d_model]
     ratio = float(update.norm() / weight.norm())
     report = {"denominator": denominator, "key_norm": float(key.norm()),
               "update_norm": float(update.norm()), "weight_norm": float(weight.norm()), "ratio": ratio}

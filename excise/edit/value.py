@@ -2,16 +2,24 @@
 
 ROME splits an edit into a *key* (what the MLP sees at the subject's last token) and a *value*
 (what it should write). The value is found by optimisation, without touching weights: a vector
-``delta`` ``[d_model]`` is added to the MLP output at the subject's last token of the fact's prompt
-and of the same prompt after a few context prefixes, and trained so that
+``delta`` ``[d_model]`` is trained on the fact's prompt, the prompt after a few context prefixes
+and (``paraphrases=True``) the fact's paraphrase templates, bare and prefixed, so that
 
 * ``objective="forget"``: the answer distribution becomes the model's own distribution with the
-  target's first token removed (KL to that renormalised distribution). This drives the target
-  down without pushing the probability onto one specific other answer;
+  target's first token removed (KL to that renormalised distribution), plus a hinge that pushes
+  the target's first token ``margin`` nats down. This drives the target down without pushing the
+  probability onto one specific other answer;
 * ``objective="replace"``: the new target becomes the answer (ROME's classic edit);
 
 while a KL term keeps the model's other predictions about the subject (``"{} is a"``-style
 prompts) and a weight decay keeps ``delta`` small relative to the MLP's original output.
+
+How ``delta`` enters the forward pass: for MEMIT it is added at the subject's last token only.
+For ROME, given the edit's direction ``u = C^-1 k* / (k*^T C^-1 k*)``, the rank-one edit
+``W + u delta^T`` is simulated *exactly*: every token gets ``(k . u) delta``. The optimisation then
+sees what the edit will really do: paraphrases whose subject key is only partly aligned with
+``k*`` get a proportionally smaller push (and ``delta`` grows until they are forgotten too), and a
+KL term on the tokens before the subject (ordinary text) penalises a direction that fires there.
 Optimisation stops early once every prompt meets the goal (forget: the target's sequence
 probability fell by ``margin`` nats and it is no longer ranked first).
 """
@@ -27,10 +35,11 @@ import torch
 from excise.components import mlp_out_module
 from excise.edit._common import (
     add_at_positions,
+    add_rank_one,
+    fact_templates,
     first_answer_logprobs,
     first_target_ids,
     frozen,
-    rewriting_prompts,
     subject_batch,
 )
 from excise.scoring import target_logprobs
@@ -42,15 +51,24 @@ ESSENCE_TEMPLATES = ("{} is a", "{} is known for")
 
 @dataclass(frozen=True)
 class ValueSettings:
-    """Hyper-parameters of the value optimisation (ROME's defaults where they apply)."""
+    """Hyper-parameters of the value optimisation (ROME's defaults where they apply).
+
+    ``paraphrases``: also optimise on the fact's paraphrase templates (bare and prefixed), so the
+    edit covers other wordings of the relation. ``text_kl_weight``: weight of the KL term that
+    keeps the predictions at the tokens *before* the subject unchanged; it only bites when the
+    edit is simulated exactly (``direction=`` in :func:`compute_value`), where it penalises a
+    rank-one direction that also fires on ordinary text.
+    """
 
     n_prefixes: int = 4
     steps: int = 25
     lr: float = 0.5
     kl_weight: float = 0.0625
     weight_decay: float = 0.1
-    clamp_norm: float = 4.0
+    clamp_norm: float = 2.0
     margin: float = math.log(30.0)
+    paraphrases: bool = True
+    text_kl_weight: float = 0.5
 
 
 def _objective_targets(fact, objective: str, new_target: str | None) -> str:
@@ -65,68 +83,124 @@ def _objective_targets(fact, objective: str, new_target: str | None) -> str:
     raise ValueError(f"unknown objective {objective!r}; use 'forget' or 'replace'")
 
 
+@dataclass
+class _Problem:
+    """Everything the optimisation loop needs, computed once from the unedited model."""
+
+    batch: object
+    positions: torch.Tensor  # [batch] subject's last token
+    n_rewrite: int
+    lp0: torch.Tensor  # [batch, d_vocab] answer log-probs before the edit
+    seq0: torch.Tensor  # [n_rewrite] target sequence log-probs before the edit
+    first: torch.Tensor  # [n_rewrite] first answer token
+    forget_q: torch.Tensor  # [n_rewrite, d_vocab] before-distribution without the target
+    text_mask: torch.Tensor  # [batch, pos] tokens before the subject
+    text_lp0: torch.Tensor  # [n_text, d_vocab] their next-token log-probs before the edit
+    base_norm: float
+
+
 def compute_value(model, fact, layer: int, objective: str = "forget", new_target: str | None = None,
-                  settings: ValueSettings | None = None) -> tuple[torch.Tensor, dict]:
+                  settings: ValueSettings | None = None,
+                  direction: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Optimise ``delta`` ``[d_model]`` for the MLP output of ``layer`` at the subject's last token.
 
+    Without ``direction`` ``delta`` is added at the subject's last token only (what MEMIT needs).
+    With ``direction`` ``u`` ``[d_mlp]`` the rank-one edit ``W + u delta^T`` is simulated exactly
+    (every token gets ``(k . u) delta``), so the loss sees the edit's true effect on the prompts,
+    on the subject's other prompts and on the text before the subject.
     Returns ``delta`` and an info dict (prompts used, steps taken, losses, probabilities).
     """
     s = settings or ValueSettings()
     answer = _objective_targets(fact, objective, new_target)
-    templates = rewriting_prompts(model, fact.prompt, s.n_prefixes)
-    n_rewrite = len(templates)
-    all_templates = templates + list(ESSENCE_TEMPLATES)
-    batch, positions = subject_batch(model, all_templates, [fact.subject] * len(all_templates),
-                                     [answer] * n_rewrite + [fact.target] * len(ESSENCE_TEMPLATES))
+    templates = fact_templates(model, fact, s.n_prefixes, s.paraphrases)
     module = mlp_out_module(model, layer)
     with frozen(model):
-        with torch.no_grad():
-            base_out = _module_output_at(model, module, batch.tokens, positions[:1])
-            logits0 = model(batch.tokens)
-            lp0 = first_answer_logprobs(logits0, batch)  # [batch, d_vocab]
-            seq0 = target_logprobs(logits0.float(), batch)[:n_rewrite]  # [n_rewrite]
-            first = first_target_ids(batch)[:n_rewrite]
-            forget_q = _without_targets(lp0[:n_rewrite], first)
-        delta = torch.zeros(model.cfg.d_model, device=batch.tokens.device, requires_grad=True)
+        prob = _prepare(model, module, fact, templates, answer, objective)
+        delta = torch.zeros(model.cfg.d_model, device=prob.batch.tokens.device, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=s.lr)
-        max_norm = s.clamp_norm * float(base_out.norm())
         history = []
         for step in range(s.steps):
-            with add_at_positions(module, delta, positions):
-                logits = model(batch.tokens)
-            lp = first_answer_logprobs(logits, batch)
-            if objective == "forget":
-                rows = torch.arange(n_rewrite, device=lp.device)
-                push = (lp[rows, first] - (lp0[rows, first] - s.margin)).clamp_min(0).mean()
-                main = _kl(forget_q, lp[:n_rewrite]) + push
-                seq = target_logprobs(logits.float(), batch)[:n_rewrite]
-                done = bool(((seq <= seq0 - s.margin) & (lp[:n_rewrite].argmax(-1) != first)).all())
-            else:
-                seq = target_logprobs(logits.float(), batch)[:n_rewrite]
-                n_tok = torch.tensor([len(t) for t in batch.target_ids[:n_rewrite]], device=seq.device)
-                main = (-seq / n_tok).mean()
-                done = bool(main < 0.05)
-            essence = _kl(lp0[n_rewrite:].exp(), lp[n_rewrite:])
-            decay = s.weight_decay * delta.norm() ** 2 / float(base_out.norm()) ** 2
-            loss = main + s.kl_weight * essence + decay
-            history.append({"step": step, "loss": float(loss.detach()), "main": float(main.detach()),
-                            "essence_kl": float(essence.detach()),
-                            "delta_norm": float(delta.detach().norm())})
+            with _edited(module, delta, prob.positions, direction):
+                logits = model(prob.batch.tokens)
+            loss, done, seq, record = _loss(logits, prob, objective, s, delta,
+                                            with_text=direction is not None)
+            history.append({"step": step, **record})
             if done or step == s.steps - 1:
                 break  # the returned delta is the one just evaluated
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             with torch.no_grad():
+                max_norm = s.clamp_norm * prob.base_norm
                 if delta.norm() > max_norm:
                     delta.mul_(max_norm / delta.norm())
     info = {
         "objective": objective, "answer": answer, "rewrite_prompts": [t.format(fact.subject) for t in templates],
-        "steps": len(history), "goal_met": done, "final": history[-1],
-        "target_logprob_before": seq0.tolist(), "target_logprob_after": seq.detach().tolist(),
-        "mlp_output_norm": float(base_out.norm()), "delta_norm": float(delta.detach().norm()),
+        "steps": len(history), "goal_met": done, "final": history[-1], "exact": direction is not None,
+        "target_logprob_before": prob.seq0.tolist(), "target_logprob_after": seq.detach().tolist(),
+        "mlp_output_norm": prob.base_norm, "delta_norm": float(delta.detach().norm()),
     }
     return delta.detach(), info
+
+
+def _edited(module, delta, positions, direction):
+    if direction is None:
+        return add_at_positions(module, delta, positions)
+    return add_rank_one(module, direction, delta)
+
+
+@torch.no_grad()
+def _prepare(model, module, fact, templates, answer, objective) -> _Problem:
+    n_rewrite = len(templates)
+    all_templates = templates + list(ESSENCE_TEMPLATES)
+    batch, positions = subject_batch(model, all_templates, [fact.subject] * len(all_templates),
+                                     [answer] * n_rewrite + [fact.target] * len(ESSENCE_TEMPLATES))
+    base_out = _module_output_at(model, module, batch.tokens, positions[:1])
+    logits0 = model(batch.tokens)
+    lp0 = first_answer_logprobs(logits0, batch)  # [batch, d_vocab]
+    seq0 = target_logprobs(logits0.float(), batch)[:n_rewrite]  # [n_rewrite]
+    first = first_target_ids(batch)[:n_rewrite]
+    mask = _before_subject_mask(model, all_templates, batch.tokens.shape)
+    return _Problem(batch, positions, n_rewrite, lp0, seq0, first, _without_targets(lp0[:n_rewrite], first),
+                    mask, logits0[mask].float().log_softmax(-1), float(base_out.norm()))
+
+
+def _before_subject_mask(model, templates, shape) -> torch.Tensor:
+    """``[batch, pos]`` True at positions whose next-token prediction precedes the subject.
+
+    The last token before the subject is left out (its tokenization may merge with the
+    subject's first token); BOS (or the first token) is always in.
+    """
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for row, template in enumerate(templates):
+        head = template[: template.index("{}")].rstrip()
+        n_head = model.to_tokens(head, truncate=False).shape[-1] if head else 1
+        mask[row, : max(1, n_head - 1)] = True
+    return mask
+
+
+def _loss(logits, prob: _Problem, objective: str, s: ValueSettings, delta, with_text: bool):
+    """The loss, whether the goal is met, the target sequence log-probs and a history record."""
+    n = prob.n_rewrite
+    lp = first_answer_logprobs(logits, prob.batch)
+    seq = target_logprobs(logits.float(), prob.batch)[:n]
+    if objective == "forget":
+        rows = torch.arange(n, device=lp.device)
+        push = (lp[rows, prob.first] - (prob.lp0[rows, prob.first] - s.margin)).clamp_min(0).mean()
+        main = _kl(prob.forget_q, lp[:n]) + push
+        done = bool(((seq <= prob.seq0 - s.margin) & (lp[:n].argmax(-1) != prob.first)).all())
+    else:
+        n_tok = torch.tensor([len(t) for t in prob.batch.target_ids[:n]], device=seq.device)
+        main = (-seq / n_tok).mean()
+        done = bool(main < 0.05)
+    essence = _kl(prob.lp0[n:].exp(), lp[n:])
+    text = _kl(prob.text_lp0.exp(), logits[prob.text_mask].float().log_softmax(-1)) if with_text \
+        else torch.zeros((), device=lp.device)
+    decay = s.weight_decay * delta.norm() ** 2 / prob.base_norm ** 2
+    loss = main + s.kl_weight * essence + s.text_kl_weight * text + decay
+    record = {"loss": float(loss.detach()), "main": float(main.detach()), "essence_kl": float(essence.detach()),
+              "text_kl": float(text.detach()), "delta_norm": float(delta.detach().norm())}
+    return loss, done, seq, record
 
 
 @torch.no_grad()
