@@ -57,8 +57,8 @@ def test_unedited_model_passes_every_still_knows_probe(real_model):
     from excise.verify import verify
 
     assert not getattr(real_model, "excise_edits", None), "another test left an edit applied"
-    report = verify(real_model, bundled("capital-france"), relearn_steps=2, fluency_tokens=0,
-                    perplexity=False, progress=False)
+    report = verify(real_model, bundled("capital-france"), relearn_steps=2, relearn_facts=6,
+                    fluency_tokens=0, perplexity=False, progress=False)
     fr = report["capital-france"]
     status = {o.probe: o.status for o in fr.probes}
     assert status == {p: "recovered" for p in ("logit_lens", "question", "multiple_choice",
