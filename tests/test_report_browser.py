@@ -38,7 +38,7 @@ def test_report_renders_in_headless_chromium(chromium, tiny_folders, tmp_path):
 
     model = load_model(str(tiny_folders["llama"]), device="cpu")
     report = verify(model, capital_fact(), pool=[], probes=("logit_lens", "formats", "relearn"),
-                    relearn_steps=2, fluency_tokens=2, perplexity=False, progress=False)
+                    relearn_steps=2, fluency_tokens=2, perplexity=False, circuits=True, progress=False)
     page = report.to_html(tmp_path / "report.html")
     n_figures = len(report.figures())
     result = render(chromium, page, tmp_path / "profile")

@@ -193,3 +193,31 @@ def test_outcomes_and_verdict_follow_the_criteria():
     assert label == "forgotten" and "no probe recovers" in reason
     label, _ = outcome.verdict(False, (0, 3), [], 0, 0.5, 0.8)
     assert label == "not forgotten"
+
+
+@pytest.mark.filterwarnings("ignore:the model does not predict")  # a random model knows no facts
+def test_circuits_show_an_ablated_head_and_neuron_go_silent(tiny, tmp_path):
+    """Ablating the head and neuron that write the target most: their attribution drops to zero."""
+    from excise.components import Head, Neuron
+    from excise.edit import ablate
+    from excise.locate import direct_logit_attribution
+    from excise.verify import verify
+
+    fact = capital_fact()
+    heads = direct_logit_attribution(tiny, fact, site="head").scores.abs()
+    neurons = direct_logit_attribution(tiny, fact, site="neuron").scores.abs()
+    h = divmod(int(heads.argmax()), heads.shape[1])
+    n = divmod(int(neurons.argmax()), neurons.shape[1])
+    ablate(tiny, [Head(*h), Neuron(*n)], progress=False)
+    report = verify(tiny, fact, pool=[], probes=("logit_lens",), fluency_tokens=2, perplexity=False,
+                    circuits=True, progress=False)
+    before, after = report.circuits["before"][0], report.circuits["after"][0]
+    assert abs(before["heads"][h[0]][h[1]]) == pytest.approx(float(heads.max()), rel=1e-4)
+    assert after["heads"][h[0]][h[1]] == pytest.approx(0.0, abs=1e-6)
+    assert before["neurons"]["index"] == after["neurons"]["index"]
+    slot = before["neurons"]["index"].index(list(n))
+    assert abs(before["neurons"]["scores"][slot]) == pytest.approx(float(neurons.max()), rel=1e-4)
+    assert after["neurons"]["scores"][slot] == pytest.approx(0.0, abs=1e-6)
+    titles = [t for t, _ in report.figures()]
+    assert any(t.startswith("Head and neuron attribution") for t in titles)
+    assert json.loads(report.to_json(tmp_path / "r.json"))["circuits"]["after"][0]["neurons"]["index"]

@@ -1,10 +1,17 @@
-"""Before/after circuits: causal traces and last-position attention of an edited model.
+"""Before/after circuits: causal traces, head and neuron attributions, attention of located heads.
 
-For each fact we record, on one model state, ROME's causal trace over ``(layer, position)`` at the
-MLP site (:func:`excise.locate.causal_trace`) and the attention pattern of every head at the
-prompt's last position. Comparing the two states shows where the edit cut the flow of the fact
-(the trace's difference) and which heads now attend elsewhere (the heads whose rows changed
-most are drawn by :func:`excise.verify.figures.attention_change`).
+For each fact we record, on one model state:
+
+* ROME's causal trace over ``(layer, position)`` at the MLP site (:func:`excise.locate.causal_trace`):
+  where restoring a clean state brings the fact back;
+* the direct logit attribution of every head (``[layer, head]``) and every MLP neuron
+  (``[layer, neuron]``) to the target at the last prompt position
+  (:func:`excise.locate.direct_logit_attribution`): which components write the answer;
+* the attention pattern of every head at the prompt's last position.
+
+:func:`pair_states` then lines the two states up: neurons are reduced to those that matter in
+either state, and the heads whose attention is drawn are the located ones (largest attribution
+before the edit) plus those whose attention changed most.
 """
 
 from __future__ import annotations
@@ -16,18 +23,45 @@ import torch
 
 
 def trace_facts(model, facts, samples: int = 5, progress: bool = False) -> list[dict]:
-    """Per fact: the causal trace (``Localization`` as a dict) plus ``attention`` ``[layer, head, pos]``."""
-    from excise.locate import causal_trace
+    """Per fact: the causal trace (``Localization`` as a dict), ``heads``, ``neurons``, ``attention``."""
+    from excise.locate import causal_trace, direct_logit_attribution
 
     out = []
     for fact in facts:
         with warnings.catch_warnings():  # an edited model "does not know" the fact: expected
             warnings.simplefilter("ignore", UserWarning)
             trace = causal_trace(model, fact, site="mlp", samples=samples, progress=progress)
+            heads = direct_logit_attribution(model, fact, site="head").scores  # [layer, head]
+            neurons = direct_logit_attribution(model, fact, site="neuron").scores  # [layer, neuron]
         record = json.loads(trace.to_json())
+        record["heads"] = heads.tolist()
+        record["neurons"] = neurons  # a tensor until pair_states keeps only the ones that matter
         record["attention"] = last_position_attention(model, fact.text).tolist()
         out.append(record)
     return out
+
+
+def pair_states(before: list[dict], after: list[dict], n_neurons: int = 20) -> dict:
+    """``{"before": [...], "after": [...]}`` with neurons reduced to the same top ``n_neurons``.
+
+    The kept neurons are those with the largest ``|attribution|`` in either state, so a neuron the
+    edit silenced and one it recruited both appear; each state stores ``{"index": [[layer, i], ...],
+    "scores": [...]}`` over the same list.
+    """
+    paired_b, paired_a = [], []
+    for b, a in zip(before, after):
+        nb, na = _neuron_tensor(b), _neuron_tensor(a)
+        top = torch.maximum(nb.abs(), na.abs()).flatten().argsort(descending=True)[:n_neurons]
+        width = nb.shape[1]
+        index = [[int(i) // width, int(i) % width] for i in top]
+        paired_b.append({**b, "neurons": {"index": index, "scores": nb.flatten()[top].tolist()}})
+        paired_a.append({**a, "neurons": {"index": index, "scores": na.flatten()[top].tolist()}})
+    return {"before": paired_b, "after": paired_a}
+
+
+def _neuron_tensor(record: dict) -> torch.Tensor:
+    neurons = record["neurons"]
+    return neurons if isinstance(neurons, torch.Tensor) else torch.tensor(neurons)
 
 
 @torch.no_grad()
@@ -41,6 +75,15 @@ def last_position_attention(model, prompt: str) -> torch.Tensor:
 def changed_heads(before: dict, after: dict, k: int = 3) -> list[tuple[int, int]]:
     """The ``k`` heads whose last-position attention changed most (L1), as ``(layer, head)``."""
     change = (torch.tensor(after["attention"]) - torch.tensor(before["attention"])).abs().sum(-1)
-    order = change.flatten().argsort(descending=True)[:k]
-    width = change.shape[1]
+    return _top_cells(change, k)
+
+
+def located_heads(before: dict, k: int = 2) -> list[tuple[int, int]]:
+    """The ``k`` heads that wrote the target most directly before the edit, as ``(layer, head)``."""
+    return _top_cells(torch.tensor(before["heads"]).abs(), k)
+
+
+def _top_cells(grid: torch.Tensor, k: int) -> list[tuple[int, int]]:
+    order = grid.flatten().argsort(descending=True)[:k]
+    width = grid.shape[1]
     return [(int(i) // width, int(i) % width) for i in order]

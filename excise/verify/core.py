@@ -72,7 +72,8 @@ def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: i
         pool: facts to draw same-relation data from (default: every bundled fact set).
         fluency_tokens: tokens generated per prompt for fluency (0 skips fluency).
         perplexity: measure held-out perplexity.
-        circuits: also run causal traces before/after (slow: ~2 x n_layers forward batches per fact).
+        circuits: also record causal traces, head/neuron direct logit attributions and last-position
+            attention before/after (slow: ~2 x n_layers forward batches per fact).
     """
     facts = [fact_or_facts] if isinstance(fact_or_facts, Fact) else list(fact_or_facts)
     if not facts:
@@ -243,7 +244,9 @@ def _quality(state) -> dict:
 def _circuits(before, after):
     if "circuits" not in after:
         return None
-    return {"before": before["circuits"], "after": after["circuits"]}
+    from excise.verify.circuits import pair_states
+
+    return pair_states(before["circuits"], after["circuits"])
 
 
 def _edit_summary(edit) -> dict:

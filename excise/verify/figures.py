@@ -74,11 +74,39 @@ def circuit_diff(before: dict, after: dict) -> go.Figure:
     return fig
 
 
-def attention_change(before: dict, after: dict, k: int = 3) -> go.Figure:
-    """Last-position attention of the ``k`` heads that changed most, before vs after."""
-    from excise.verify.circuits import changed_heads
+def attribution_diff(before: dict, after: dict) -> go.Figure:
+    """Direct logit attribution to the target: heads ``[layer, head]`` and top neurons, before/after."""
+    import numpy as np
 
-    heads = changed_heads(before, after, k)
+    b, a = np.array(before["heads"]), np.array(after["heads"])
+    fig = make_subplots(rows=2, cols=3, vertical_spacing=0.18,
+                        specs=[[{}, {}, {}], [{"colspan": 3}, None, None]],
+                        subplot_titles=("heads, before", "heads, after", "heads, after - before",
+                                        "top neurons, before vs after"))
+    limit = float(max(np.abs(b).max(), np.abs(a).max(), 1e-9))
+    for col, z in enumerate((b, a, a - b), start=1):
+        hover = [[f"head {layer}.{h}: {z[layer, h]:+.3f}" for h in range(z.shape[1])]
+                 for layer in range(z.shape[0])]
+        fig.add_trace(go.Heatmap(z=z.T, x=list(range(z.shape[0])), y=list(range(z.shape[1])),
+                                 text=np.array(hover, dtype=object).T, hoverinfo="text",
+                                 colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit,
+                                 showscale=col == 3), 1, col)
+    names = [f"L{layer}.N{i}" for layer, i in before["neurons"]["index"]]
+    for state, data, color in (("before", before, "#999"), ("after", after, "#1f77b4")):
+        fig.add_trace(go.Bar(x=names, y=data["neurons"]["scores"], name=state, marker_color=color), 2, 1)
+    fig.update_xaxes(title_text="layer", row=1)
+    fig.update_yaxes(title_text="head", row=1, col=1)
+    fig.update_yaxes(title_text="logit share", row=2, col=1)
+    fig.update_layout(title="Direct logit attribution to the target (last prompt position)", height=620,
+                      barmode="group")
+    return fig
+
+
+def attention_change(before: dict, after: dict, k: int = 2) -> go.Figure:
+    """Last-position attention, before vs after, of the located heads and the ``k`` that changed most."""
+    from excise.verify.circuits import changed_heads, located_heads
+
+    heads = list(dict.fromkeys(located_heads(before, k) + changed_heads(before, after, k)))
     labels = before["labels"]["position"]
     fig = make_subplots(rows=1, cols=len(heads), subplot_titles=[f"head {a}.{b}" for a, b in heads])
     for col, (layer, head) in enumerate(heads, start=1):
@@ -86,6 +114,6 @@ def attention_change(before: dict, after: dict, k: int = 3) -> go.Figure:
             fig.add_trace(go.Bar(x=labels, y=data["attention"][layer][head], name=state,
                                  showlegend=col == 1, marker_color="#999" if state == "before" else "#1f77b4"),
                           1, col)
-    fig.update_layout(title="Attention from the last token: heads that changed most", height=350,
-                      barmode="group")
+    fig.update_layout(title="Attention from the last token: located heads and heads that changed most",
+                      height=350, barmode="group")
     return fig

@@ -93,6 +93,8 @@ class Report:
             for i, f in enumerate(self.facts):
                 b, a = self.circuits["before"][i], self.circuits["after"][i]
                 out.append((f"Causal trace before/after: {f.id}", figures.circuit_diff(b, a)))
+                out.append((f"Head and neuron attribution before/after: {f.id}",
+                            figures.attribution_diff(b, a)))
                 out.append((f"Attention before/after: {f.id}", figures.attention_change(b, a)))
         return out
 
