@@ -66,3 +66,27 @@ def test_attribution_patch_tracks_exact_patching_on_default_model(real_model):
     estimate = [v["attribution"] for v in approx.meta["verified"]]
     assert all(abs(a - b) < 0.5 for a, b in zip(estimate, exact))
     assert torch.isfinite(approx.scores).all()
+
+
+def test_known_answer_layer_taught_to_the_default_model_is_found(real_model):
+    """Teach SmolLM2 a made-up fact by rewriting one mid-depth MLP; the MLP causal trace finds it.
+
+    The fact is written into layer 14's MLP weights (a rank-one update keyed on the subject, far
+    from the early layers where the model's own facts peak). Restoring that one MLP's clean
+    output at the subject's last token must be what brings the fact back under subject noise.
+    (The neuron half of the known-answer check, with plain gradient training, is in test_locate.)
+    """
+    from excise.edit import rome
+
+    model, layer = real_model, 14
+    fact = Fact(id="zorbla", subject="Zorbla Quaxton", prompt="{} lives in the city of", target=" Oslo")
+    edit = rome(model, fact, layer=layer, objective="replace", new_target=" Oslo", progress=False)
+    try:
+        trace = causal_trace(model, fact, site="mlp", window=1, samples=5, progress=False)
+        meta = trace.meta
+        last_subject = meta["subject_positions"][-1]
+        assert meta["clean_score"] > 0.3 and meta["clean_score"] > 5 * meta["corrupted_score"]
+        assert int(trace.scores[:, last_subject].argmax()) == layer
+        assert trace.top(1)[0] == MLP(layer)
+    finally:
+        edit.undo(model)

@@ -5,8 +5,9 @@ Colosseum is located in"``, same token length) differ in the subject. Patching t
 one activation into the corrupted run and measuring the normalised logit difference
 ``(LD_patched - LD_corrupted) / (LD_clean - LD_corrupted)``, with ``LD = logit(answer) -
 logit(wrong_answer)`` at the last position, gives 0 for "no effect" and 1 for "fully restores the
-clean behaviour". Same numbers as ``transformer_lens.patching``, far faster: all patches of a layer
-are one batched forward that starts at that layer (:class:`~excise.locate._runner.Runner`),
+clean behaviour". Same numbers as ``transformer_lens.patching``, far faster: patched runs are
+batched (several layers' patches per forward), each batch starts from the cached corrupted
+residual at its lowest layer instead of the embeddings (:class:`~excise.locate._runner.Runner`),
 only the last position is unembedded, and patches before the first differing token (identical in
 both runs) are 0 without running anything.
 """
@@ -57,20 +58,41 @@ class PatchSetup:
     def normalise(self, ld: torch.Tensor) -> torch.Tensor:
         return (ld - self.corrupted_ld) / (self.clean_ld - self.corrupted_ld)
 
-    def run_layer(self, layer: int, n_rows: int, make_patch) -> torch.Tensor:
-        """Normalised metric ``[n_rows]`` of patched runs of ``layer``, batched.
+    def run_layers(self, jobs, budget_tokens: int = 768, on_batch=None) -> list[torch.Tensor]:
+        """Normalised metric of every patched run of several layers, batched across layers.
 
-        ``make_patch(part, resid)`` returns the hooks for rows ``part`` and may edit ``resid``
-        (``[rows, pos, d_model]``, the corrupted residual entering ``layer``) in place.
+        ``jobs`` is a list of ``(layer, n_rows, make_patch)``; the result has one tensor
+        ``[n_rows]`` per job. Rows are taken in layer order and cut into batches of about
+        ``budget_tokens`` tokens; a batch starts from the corrupted residual entering its
+        lowest layer, so rows of later layers run a few unpatched blocks first (exactly the
+        corrupted run) and batches stay large enough to use the CPU well.
+        ``make_patch(part, rows, resid, start)`` returns the hooks that patch the job's runs
+        ``part`` held in batch rows ``rows``; it may edit ``resid`` in place when its layer
+        is ``start``. ``on_batch(n_runs)`` is called after each batch (progress bars).
         """
         pos = self.clean_tokens.shape[1]
-        out = torch.empty(n_rows)
-        base = self.corrupted.cache[f"blocks.{layer}.hook_resid_pre"]  # [1, pos, d_model]
-        for part in chunks(n_rows, rows_per_chunk(pos)):
-            resid = base.expand(part.stop - part.start, -1, -1).clone()
-            hooks = make_patch(part, resid)
-            logits = self.clean.run_from(layer, resid, self.read, hooks)
-            out[part] = self.normalise(self.logit_diff(logits)).float().cpu()
+        order = sorted(range(len(jobs)), key=lambda j: jobs[j][0])
+        flat = [(j, r) for j in order for r in range(jobs[j][1])]  # (job, run) in layer order
+        out = [torch.empty(n) for _, n, _ in jobs]
+        for part in chunks(len(flat), rows_per_chunk(pos, budget_tokens)):
+            batch = flat[part]
+            start = jobs[batch[0][0]][0]
+            base = self.corrupted.cache[f"blocks.{start}.hook_resid_pre"]  # [1, pos, d_model]
+            resid = base.expand(len(batch), -1, -1).clone()
+            hooks, segments, first = [], [], 0
+            for k in range(1, len(batch) + 1):
+                if k == len(batch) or batch[k][0] != batch[first][0]:
+                    j, runs = batch[first][0], slice(batch[first][1], batch[k - 1][1] + 1)
+                    rows = torch.arange(first, k)
+                    hooks += jobs[j][2](runs, rows, resid, start)
+                    segments.append((j, runs, rows))
+                    first = k
+            logits = self.clean.run_from(start, resid, self.read, hooks)
+            metric = self.normalise(self.logit_diff(logits)).float().cpu()
+            for j, runs, rows in segments:
+                out[j][runs] = metric[rows]
+            if on_batch is not None:
+                on_batch(len(batch))
         return out
 
 
@@ -103,9 +125,14 @@ def patch_with(setup: PatchSetup, site: str, components=None, progress: bool = T
     else:
         scores = torch.zeros(cfg.n_layers, pos)
         wanted = {layer: list(range(setup.diff[0], pos)) for layer in range(cfg.n_layers)}
-    for layer in tqdm(sorted(wanted), desc=f"activation patch ({site})", disable=not progress):
-        index = torch.tensor(wanted[layer])
-        scores[layer, index] = setup.run_layer(layer, len(index), _patcher(setup, site, layer, index))
+    layers = sorted(wanted)
+    jobs = [(layer, len(wanted[layer]), _patcher(setup, site, layer, torch.tensor(wanted[layer])))
+            for layer in layers]
+    with tqdm(total=sum(n for _, n, _ in jobs), desc=f"activation patch ({site})", disable=not progress,
+              unit="run") as bar:
+        results = setup.run_layers(jobs, on_batch=bar.update)
+    for layer, result in zip(layers, results):
+        scores[layer, torch.tensor(wanted[layer])] = result
     axis = {"head": "head", "neuron": "neuron"}.get(site, "position")
     labels = {"layer": [str(i) for i in range(cfg.n_layers)],
               axis: token_labels(setup.model, setup.clean_tokens[0]) if axis == "position"
@@ -133,24 +160,24 @@ def _wanted(components, site: str, n_layers: int, width: int) -> dict[int, list[
 
 
 def _patcher(setup: PatchSetup, site: str, layer: int, index: torch.Tensor):
-    """``make_patch`` for :meth:`PatchSetup.run_layer`: row ``r`` patches ``index[r]``."""
-    name = f"blocks.{layer}.{SITES[site]}"
-    clean = setup.clean.cache.get(name)
+    """``make_patch`` for :meth:`PatchSetup.run_layers`: run ``r`` patches ``index[r]`` at ``layer``."""
+    hook_site = "hook_resid_pre" if site == "resid_pre" else SITES[site]
+    name = f"blocks.{layer}.{hook_site}"
+    clean = setup.clean.cache.get(f"blocks.{layer}.{SITES[site]}")
 
-    def make_patch(part: slice, resid: torch.Tensor):
-        idx = index[part]
-        rows = torch.arange(len(idx))
-        if site == "resid_pre":
+    def make_patch(runs: slice, rows: torch.Tensor, resid: torch.Tensor, start: int):
+        idx = index[runs]
+        if site == "resid_pre" and layer == start:
             resid[rows, idx] = clean[0, idx].to(resid.dtype)
             return []
 
         def hook(act, hook):
             act = act.clone()
-            if site in ("attn_out", "mlp_out"):  # [rows, pos, d_model], idx = positions
+            if site in ("resid_pre", "attn_out", "mlp_out"):  # [batch, pos, d_model], idx = positions
                 act[rows, idx] = clean[0, idx].to(act.dtype)
-            elif site == "head":  # [rows, pos, head, d_head], idx = heads
+            elif site == "head":  # [batch, pos, head, d_head], idx = heads
                 act[rows, :, idx] = clean[0][:, idx].transpose(0, 1).to(act.dtype)
-            else:  # neuron: [rows, pos, d_mlp], idx = neurons
+            else:  # neuron: [batch, pos, d_mlp], idx = neurons
                 act[rows, :, idx] = clean[0][:, idx].T.to(act.dtype)
             return act
         return [(name, hook)]
