@@ -221,3 +221,15 @@ def test_circuits_show_an_ablated_head_and_neuron_go_silent(tiny, tmp_path):
     titles = [t for t, _ in report.figures()]
     assert any(t.startswith("Head and neuron attribution") for t in titles)
     assert json.loads(report.to_json(tmp_path / "r.json"))["circuits"]["after"][0]["neurons"]["index"]
+
+
+def test_batch_scoring_does_not_count_co_edited_facts_as_neighbours():
+    """Forgetting France and Germany together: 'capital of Germany' is no neighbour to keep."""
+    from excise.verify.metrics import fact_pairs
+
+    france, germany = capital_fact(0), capital_fact(1)
+    alone = fact_pairs(france)["neighbors"]
+    together = fact_pairs(france, [germany])["neighbors"]
+    assert ("The capital of Germany is", " Berlin") in alone
+    assert together == [p for p in alone if p != ("The capital of Germany is", " Berlin")]
+    assert fact_pairs(france, [germany])["prompt"] == fact_pairs(france)["prompt"]

@@ -15,21 +15,37 @@ from excise.scoring import Scores, score_targets
 GROUPS = ("prompt", "paraphrases", "neighbors", "same_subject")
 
 
-def fact_pairs(fact) -> dict[str, list[tuple[str, str]]]:
-    """The (prompt, target) pairs of each group for ``fact``."""
+def fact_pairs(fact, others=()) -> dict[str, list[tuple[str, str]]]:
+    """The (prompt, target) pairs of each group for ``fact``.
+
+    ``others``: the other facts edited together with ``fact``. A neighbour or same-subject pair
+    that states one of them is meant to be forgotten too, so it is left out of the pairs to keep.
+    """
+    def keep(pairs):
+        return [(p, t) for p, t in pairs if not states_one_of(p, t, others)]
+
     return {
         "prompt": [(fact.text, fact.target)],
         "paraphrases": [(p, fact.target) for p in fact.paraphrase_texts],
-        "neighbors": [(p.prompt, p.target) for p in fact.neighbors],
-        "same_subject": [(p.prompt, p.target) for p in fact.same_subject],
+        "neighbors": keep((p.prompt, p.target) for p in fact.neighbors),
+        "same_subject": keep((p.prompt, p.target) for p in fact.same_subject),
     }
 
 
+def states_one_of(prompt: str, target: str, facts) -> bool:
+    """Whether ``(prompt, target)`` states one of ``facts``: its subject and the same answer."""
+    return any(f.subject in prompt and f.target.strip() == target.strip() for f in facts)
+
+
 def score_facts(model, facts, batch_size: int = 32) -> list[dict[str, Scores]]:
-    """Per fact, a :class:`Scores` per group (see :data:`GROUPS`), from one batched scoring run."""
+    """Per fact, a :class:`Scores` per group (see :data:`GROUPS`), from one batched scoring run.
+
+    Facts scored together are taken to be edited together (see :func:`fact_pairs`).
+    """
     prompts, targets, slots = [], [], []
     for i, fact in enumerate(facts):
-        for group, pairs in fact_pairs(fact).items():
+        others = [f for j, f in enumerate(facts) if j != i]
+        for group, pairs in fact_pairs(fact, others).items():
             for prompt, target in pairs:
                 prompts.append(prompt)
                 targets.append(target)
