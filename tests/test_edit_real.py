@@ -47,3 +47,31 @@ def _row(scores, i):
     from excise.scoring import Scores
 
     return Scores(scores.logprob[i:i + 1], scores.rank[i:i + 1], scores.known[i:i + 1])
+
+
+def test_memit_forgets_several_facts_at_once(real_model):
+    """One batch edit forgets facts of four relations; other subjects' facts stay."""
+    from excise.edit import memit
+    from excise.facts import find_fact, load_facts
+
+    model = real_model
+    bundled = load_facts("all")
+    facts = [find_fact(bundled, i) for i in ("capital-france", "language-germany", "landmark-city-eiffel-tower",
+                                             "company-country-toyota")]
+    keep = [("The capital of Germany is", " Berlin"), ("The official language of Italy is", " Italian"),
+            ("The Colosseum is located in the city of", " Rome")]
+    prompts = [f.text for f in facts] + [p for p, _ in keep]
+    targets = [f.target for f in facts] + [t for _, t in keep]
+    base = weights_hash(model)
+    before = score_targets(model, prompts, targets)
+    assert before.known.all(), "the default model should know these facts"
+    edit = memit(model, facts, progress=False)
+    try:
+        after = score_targets(model, prompts, targets)
+        gone = [bool(forgotten(_row(before, i), _row(after, i))[0]) for i in range(len(facts))]
+        assert sum(gone) >= 3, (gone, after.rank[:len(facts)])
+        assert kept(after)[len(facts):].sum() >= 2, after.rank[len(facts):]
+        assert set(edit.settings["layers"]) == set(range(4, 9))
+    finally:
+        edit.undo(model)
+    assert weights_hash(model) == base
