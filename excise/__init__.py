@@ -7,7 +7,7 @@ Find where a model stores a fact (:mod:`excise.locate`), rewrite only those comp
 
 from __future__ import annotations
 
-from importlib import import_module
+from excise._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -33,8 +33,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'excise' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -13,7 +13,7 @@ returns it. Heavy modules are imported on first use.
 
 from __future__ import annotations
 
-from importlib import import_module
+from excise._lazy import lazy_exports
 
 _EXPORTS = {
     "Edit": "excise.edit.record",
@@ -28,8 +28,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'excise.edit' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

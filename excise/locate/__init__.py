@@ -14,7 +14,7 @@ Every locator returns a :class:`Localization`, whose ``.top(k)`` gives the addre
 
 from __future__ import annotations
 
-from importlib import import_module
+from excise._lazy import lazy_exports
 
 _EXPORTS = {
     "Localization": "excise.locate.localization",
@@ -28,8 +28,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'excise.locate' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

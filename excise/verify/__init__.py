@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from importlib import import_module
+from excise._lazy import lazy_exports
 
 _EXPORTS = {
     "verify": "excise.verify.core",
@@ -23,8 +23,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'excise.verify' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
