@@ -161,9 +161,8 @@ def _wanted(components, site: str, n_layers: int, width: int) -> dict[int, list[
 
 def _patcher(setup: PatchSetup, site: str, layer: int, index: torch.Tensor):
     """``make_patch`` for :meth:`PatchSetup.run_layers`: run ``r`` patches ``index[r]`` at ``layer``."""
-    hook_site = "hook_resid_pre" if site == "resid_pre" else SITES[site]
-    name = f"blocks.{layer}.{hook_site}"
-    clean = setup.clean.cache.get(f"blocks.{layer}.{SITES[site]}")
+    name = f"blocks.{layer}.{SITES[site]}"
+    clean = setup.clean.cache.get(name)
 
     def make_patch(runs: slice, rows: torch.Tensor, resid: torch.Tensor, start: int):
         idx = index[runs]
