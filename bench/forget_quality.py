@@ -30,15 +30,15 @@ from excise.model import load_model
 from excise.scoring import score_targets
 from excise.text import perplexity
 from excise.verify.criteria import forgotten, kept
-from excise.verify.metrics import states_one_of
+from excise.verify.metrics import fact_pairs
+
+KINDS = {"prompt": "prompt", "paraphrases": "paraphrase", "neighbors": "neighbor",
+         "same_subject": "same_subject"}
 
 
-def probes(fact):
-    groups = {"prompt": [(fact.text, fact.target)],
-              "paraphrase": [(p, fact.target) for p in fact.paraphrase_texts],
-              "neighbor": [(p.prompt, p.target) for p in fact.neighbors],
-              "same_subject": [(p.prompt, p.target) for p in fact.same_subject]}
-    return [(kind, p, t) for kind, items in groups.items() for p, t in items]
+def probes(fact, others=()):
+    """``(kind, prompt, target)`` rows of ``fact`` (see :func:`excise.verify.metrics.fact_pairs`)."""
+    return [(KINDS[group], p, t) for group, pairs in fact_pairs(fact, others).items() for p, t in pairs]
 
 
 def score(model, rows):
@@ -88,9 +88,7 @@ def evaluate(model, edit, facts, ppl0, with_ppl=True):
     states another fact of the batch is meant to be forgotten too, so it is not counted as kept."""
     totals = defaultdict(lambda: [0, 0])
     for fact in facts:
-        others = [f for f in facts if f is not fact]
-        rows = [r for r in probes(fact)
-                if r[0] in ("prompt", "paraphrase") or not states_one_of(r[1], r[2], others)]
+        rows = probes(fact, [f for f in facts if f is not fact])
         after = score(model, rows)
         with edit.reverted(model):
             before = score(model, rows)
