@@ -50,18 +50,12 @@ def pair_states(before: list[dict], after: list[dict], n_neurons: int = 20) -> d
     """
     paired_b, paired_a = [], []
     for b, a in zip(before, after):
-        nb, na = _neuron_tensor(b), _neuron_tensor(a)
-        top = torch.maximum(nb.abs(), na.abs()).flatten().argsort(descending=True)[:n_neurons]
-        width = nb.shape[1]
-        index = [[int(i) // width, int(i) % width] for i in top]
-        paired_b.append({**b, "neurons": {"index": index, "scores": nb.flatten()[top].tolist()}})
-        paired_a.append({**a, "neurons": {"index": index, "scores": na.flatten()[top].tolist()}})
+        nb, na = b["neurons"], a["neurons"]  # [layer, neuron] tensors from trace_facts
+        cells = _top_cells(torch.maximum(nb.abs(), na.abs()), n_neurons)
+        index = [list(cell) for cell in cells]
+        paired_b.append({**b, "neurons": {"index": index, "scores": [float(nb[c]) for c in cells]}})
+        paired_a.append({**a, "neurons": {"index": index, "scores": [float(na[c]) for c in cells]}})
     return {"before": paired_b, "after": paired_a}
-
-
-def _neuron_tensor(record: dict) -> torch.Tensor:
-    neurons = record["neurons"]
-    return neurons if isinstance(neurons, torch.Tensor) else torch.tensor(neurons)
 
 
 @torch.no_grad()
