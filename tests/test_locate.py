@@ -49,6 +49,27 @@ def test_runner_matches_full_forward(tiny):
     assert torch.allclose(runner.run_from(1, resid, read), tiny(tokens).expand(3, -1, -1), atol=1e-5)
 
 
+@torch.no_grad()
+def test_runner_rows_joining_later_match_full_forward(tiny):
+    """Rows that join at block 2 (or at the final residual) give the same logits as rows that ran
+    every block, and the batch keeps the joining order."""
+    tokens = tiny.to_tokens("The capital of France is")
+    n = tiny.cfg.n_layers
+    runner = Runner(tiny, tokens, [f"blocks.{i}.hook_resid_pre" for i in range(n)])
+    full = tiny(tokens)
+    read = list(range(tokens.shape[1]))
+    r0 = runner.cache["blocks.0.hook_resid_pre"]
+    r2 = runner.cache["blocks.2.hook_resid_pre"].expand(2, -1, -1)
+    marked = r2.clone()
+    marked[1, -1] += torch.randn(marked.shape[-1], generator=torch.Generator().manual_seed(0))  # order check
+    out = runner.run_from(0, r0, read, joins={2: marked})
+    assert out.shape[0] == 3
+    assert torch.allclose(out[:2], full.expand(2, -1, -1), atol=1e-5)
+    assert not torch.allclose(out[2], full[0], atol=1e-3)
+    with pytest.raises(ValueError, match="joins must enter after block"):
+        runner.run_from(2, r2, read, joins={1: r2})
+
+
 @pytest.mark.parametrize("site", ["resid", "mlp"])
 @torch.no_grad()
 def test_causal_trace_matches_naive_restoration(tiny, site):

@@ -65,18 +65,31 @@ class Runner:
         resid: torch.Tensor,
         read: Sequence[int],
         fwd_hooks: HookList = (),
+        joins: dict[int, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Logits ``[batch, len(read), d_vocab]`` of running blocks ``layer..`` on ``resid``.
 
         ``resid`` ``[batch, pos, d_model]`` is the residual stream entering block ``layer``
-        (``layer == n_layers`` means the final residual). Gradients flow when enabled.
+        (``layer == n_layers`` means the final residual). ``joins`` maps later block indices to
+        more rows ``[n, pos, d_model]`` appended to the batch as it enters that block, so runs
+        that only differ from the cached one from block ``k`` on start there instead of
+        repeating blocks ``layer..k-1`` (the batch grows; rows keep their order of joining).
+        Gradients flow when enabled.
         """
         x = resid
+        joins = joins or {}
+        if any(index <= layer or index > self.n_layers for index in joins):
+            raise ValueError(f"joins must enter after block {layer} and by block {self.n_layers}, "
+                             f"got {sorted(joins)}")
         with self.model.hooks(fwd_hooks=list(fwd_hooks)):
             for index in range(layer, self.n_layers):
+                if index in joins:
+                    x = torch.cat([x, joins[index].to(x.dtype)])
                 args, kwargs = self.calls[index]
                 out = self.model.blocks[index](x, *args, **kwargs)
                 x = out[0] if isinstance(out, tuple) else out
+        if self.n_layers in joins:
+            x = torch.cat([x, joins[self.n_layers].to(x.dtype)])
         x = x[:, list(read)]  # [batch, n_read, d_model]
         return self.model.unembed(self.model.ln_final(x))
 

@@ -6,9 +6,9 @@ one activation into the corrupted run and measuring the normalised logit differe
 ``(LD_patched - LD_corrupted) / (LD_clean - LD_corrupted)``, with ``LD = logit(answer) -
 logit(wrong_answer)`` at the last position, gives 0 for "no effect" and 1 for "fully restores the
 clean behaviour". Same numbers as ``transformer_lens.patching``, far faster: patched runs are
-batched (several layers' patches per forward), each batch starts from the cached corrupted
-residual at its lowest layer instead of the embeddings (:class:`~excise.locate._runner.Runner`),
-only the last position is unembedded, and patches before the first differing token (identical in
+batched (several layers' patches per forward), each run joins its batch at its own layer from the
+cached corrupted residual there instead of starting at the embeddings
+(:class:`~excise.locate._runner.Runner`), only the last position is unembedded, and patches before the first differing token (identical in
 both runs) are 0 without running anything.
 """
 
@@ -58,17 +58,18 @@ class PatchSetup:
     def normalise(self, ld: torch.Tensor) -> torch.Tensor:
         return (ld - self.corrupted_ld) / (self.clean_ld - self.corrupted_ld)
 
-    def run_layers(self, jobs, budget_tokens: int = 768, on_batch=None) -> list[torch.Tensor]:
+    def run_layers(self, jobs, budget_tokens: int = 2048, on_batch=None) -> list[torch.Tensor]:
         """Normalised metric of every patched run of several layers, batched across layers.
 
         ``jobs`` is a list of ``(layer, n_rows, make_patch)``; the result has one tensor
-        ``[n_rows]`` per job. Rows are taken in layer order and cut into batches of about
-        ``budget_tokens`` tokens; a batch starts from the corrupted residual entering its
-        lowest layer, so rows of later layers run a few unpatched blocks first (exactly the
-        corrupted run) and batches stay large enough to use the CPU well.
-        ``make_patch(part, rows, resid, start)`` returns the hooks that patch the job's runs
-        ``part`` held in batch rows ``rows``; it may edit ``resid`` in place when its layer
-        is ``start``. ``on_batch(n_runs)`` is called after each batch (progress bars).
+        ``[n_rows]`` per job. Rows are taken in layer order and cut into batches of at most
+        ``budget_tokens`` tokens. Within a batch, each job's rows join the batch at their own
+        layer, starting from the cached corrupted residual there (blocks below a patch are
+        exactly the corrupted run), so no block runs on a row it cannot change and the batch
+        grows as it climbs. ``make_patch(runs, rows, join)`` returns the hooks that patch the
+        job's runs ``runs`` held in batch rows ``rows``; ``join`` ``[len(rows), pos, d_model]``
+        is their residual entering the job's layer, which it may edit in place.
+        ``on_batch(n_runs)`` is called after each batch (progress bars).
         """
         pos = self.clean_tokens.shape[1]
         order = sorted(range(len(jobs)), key=lambda j: jobs[j][0])
@@ -76,24 +77,32 @@ class PatchSetup:
         out = [torch.empty(n) for _, n, _ in jobs]
         for part in chunks(len(flat), rows_per_chunk(pos, budget_tokens)):
             batch = flat[part]
-            start = jobs[batch[0][0]][0]
-            base = self.corrupted.cache[f"blocks.{start}.hook_resid_pre"]  # [1, pos, d_model]
-            resid = base.expand(len(batch), -1, -1).clone()
-            hooks, segments, first = [], [], 0
-            for k in range(1, len(batch) + 1):
-                if k == len(batch) or batch[k][0] != batch[first][0]:
-                    j, runs = batch[first][0], slice(batch[first][1], batch[k - 1][1] + 1)
-                    rows = torch.arange(first, k)
-                    hooks += jobs[j][2](runs, rows, resid, start)
-                    segments.append((j, runs, rows))
-                    first = k
-            logits = self.clean.run_from(start, resid, self.read, hooks)
+            hooks, segments, joins = [], [], {}
+            for j, runs, rows in _segments(batch):
+                layer = jobs[j][0]
+                base = self.corrupted.cache[f"blocks.{layer}.hook_resid_pre"]  # [1, pos, d_model]
+                join = base.expand(len(rows), -1, -1).clone()
+                hooks += jobs[j][2](runs, rows, join)
+                joins.setdefault(layer, []).append(join)
+                segments.append((j, runs, rows))
+            joins = {layer: torch.cat(parts) for layer, parts in joins.items()}
+            start = min(joins)
+            logits = self.clean.run_from(start, joins.pop(start), self.read, hooks, joins)
             metric = self.normalise(self.logit_diff(logits)).float().cpu()
             for j, runs, rows in segments:
                 out[j][runs] = metric[rows]
             if on_batch is not None:
                 on_batch(len(batch))
         return out
+
+
+def _segments(batch: list[tuple[int, int]]):
+    """``(job, runs, rows)`` for each stretch of consecutive batch rows of one job."""
+    first = 0
+    for k in range(1, len(batch) + 1):
+        if k == len(batch) or batch[k][0] != batch[first][0]:
+            yield batch[first][0], slice(batch[first][1], batch[k - 1][1] + 1), torch.arange(first, k)
+            first = k
 
 
 def activation_patch(model, clean, corrupted, answer, wrong_answer, site: str = "resid_pre",
@@ -164,15 +173,15 @@ def _patcher(setup: PatchSetup, site: str, layer: int, index: torch.Tensor):
     name = f"blocks.{layer}.{SITES[site]}"
     clean = setup.clean.cache.get(name)
 
-    def make_patch(runs: slice, rows: torch.Tensor, resid: torch.Tensor, start: int):
+    def make_patch(runs: slice, rows: torch.Tensor, join: torch.Tensor):
         idx = index[runs]
-        if site == "resid_pre" and layer == start:
-            resid[rows, idx] = clean[0, idx].to(resid.dtype)
+        if site == "resid_pre":  # the rows enter the batch at this layer: patch their input
+            join[torch.arange(len(idx)), idx] = clean[0, idx].to(join.dtype)
             return []
 
         def hook(act, hook):
             act = act.clone()
-            if site in ("resid_pre", "attn_out", "mlp_out"):  # [batch, pos, d_model], idx = positions
+            if site in ("attn_out", "mlp_out"):  # [batch, pos, d_model], idx = positions
                 act[rows, idx] = clean[0, idx].to(act.dtype)
             elif site == "head":  # [batch, pos, head, d_head], idx = heads
                 act[rows, :, idx] = clean[0][:, idx].transpose(0, 1).to(act.dtype)
