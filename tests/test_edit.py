@@ -39,10 +39,15 @@ def test_rome_matches_closed_form_and_undoes_bit_for_bit(tiny):
     # independent oracle: the naive closed form from the stored key statistics
     from excise.edit._common import rewriting_prompts
     from excise.edit.rank_one import subject_key
+    contrast = edit.info["contrast"]
+    assert len(contrast["subjects"]) == 32 and "France" not in contrast["subjects"]
+    assert 0 < contrast["weight"] <= 10.0
     with edit.reverted(tiny):
         c = key_stats(tiny, [1], SampleSpec(), progress=False)[1].second_moment.double()
         running = subject_key(tiny, 1, rewriting_prompts(tiny, FACT.prompt, FAST.n_prefixes), "France")
         k = (0.5 * (running + subject_key(tiny, 1, ["{}"], "France"))).double()
+        others = torch.stack([subject_key(tiny, 1, [FACT.prompt], s) for s in contrast["subjects"]]).double()
+    c = c + contrast["weight"] * others.T @ others / len(others)  # other subjects' keys, protected
     c = c + 1e-2 * c.diagonal().mean() * torch.eye(len(c), dtype=c.dtype)
     u = torch.linalg.inv(c) @ k / (k @ torch.linalg.inv(c) @ k)
     # k^T dW = delta exactly, and dW's row space is u

@@ -75,3 +75,39 @@ def test_memit_forgets_several_facts_at_once(real_model):
     finally:
         edit.undo(model)
     assert weights_hash(model) == base
+
+
+def test_contrast_keys_keep_the_rank_one_direction_off_other_subjects(real_model):
+    """Other countries' keys in the statistics cut how strongly an edit of Germany fires on
+    held-out countries (its bench neighbours, never among the contrast subjects), while the edit
+    still fires fully on Germany."""
+    import torch
+
+    from excise.edit.rank_one import (
+        _key_templates,
+        balanced_key,
+        contrast_keys,
+        protected_direction,
+        rank_one_direction,
+        subject_key,
+    )
+    from excise.edit.stats import SampleSpec, key_stats
+    from excise.edit.value import ValueSettings
+    from excise.facts import find_fact, load_facts
+
+    model, layer = real_model, 4
+    fact = find_fact(load_facts("all"), "capital-germany")
+    held_out = ["Malaysia", "Peru", "Australia", "Austria"]
+    stats = key_stats(model, [layer], SampleSpec(), progress=False, base_hash=weights_hash(model))[layer]
+    key = balanced_key(model, layer, _key_templates(model, fact, ValueSettings()), fact.subject)
+    keys, subjects = contrast_keys(model, layer, fact, 32)
+    assert len(subjects) == 32 and not set(held_out) & set(subjects)
+    others = torch.stack([subject_key(model, layer, [fact.prompt], s) for s in held_out])  # [4, d_mlp]
+    plain, _ = rank_one_direction(layer, key, stats.second_moment)
+    protected, _, _, weight = protected_direction(layer, key, stats.second_moment, keys, 10.0)
+    assert weight == 10.0  # no fallback needed on the real model
+    reach = {}
+    for name, u in {"plain": plain, "contrast": protected}.items():
+        assert float(key @ u) == pytest.approx(1.0, rel=1e-3)
+        reach[name] = float((others @ u).abs().mean())
+    assert reach["contrast"] < 0.5 * reach["plain"], reach

@@ -69,6 +69,7 @@ class ValueSettings:
     margin: float = math.log(30.0)
     paraphrases: bool = True
     text_kl_weight: float = 0.5
+    essence_templates: tuple[str, ...] = ESSENCE_TEMPLATES
 
 
 def _objective_targets(fact, objective: str, new_target: str | None) -> str:
@@ -94,6 +95,7 @@ class _Problem:
     seq0: torch.Tensor  # [n_rewrite] target sequence log-probs before the edit
     first: torch.Tensor  # [n_rewrite] first answer token
     forget_q: torch.Tensor  # [n_rewrite, d_vocab] before-distribution without the target
+    essence_q: torch.Tensor  # [n_essence, d_vocab] what the essence prompts should predict
     text_mask: torch.Tensor  # [batch, pos] tokens before the subject
     text_lp0: torch.Tensor  # [n_text, d_vocab] their next-token log-probs before the edit
     base_norm: float
@@ -115,7 +117,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     templates = fact_templates(model, fact, s.n_prefixes, s.paraphrases)
     module = mlp_out_module(model, layer)
     with frozen(model):
-        prob = _prepare(model, module, fact, templates, answer, objective)
+        prob = _prepare(model, module, fact, templates, answer, objective, s.essence_templates)
         delta = torch.zeros(model.cfg.d_model, device=prob.batch.tokens.device, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=s.lr)
         history = []
@@ -150,19 +152,24 @@ def _edited(module, delta, positions, direction):
 
 
 @torch.no_grad()
-def _prepare(model, module, fact, templates, answer, objective) -> _Problem:
+def _prepare(model, module, fact, templates, answer, objective, essence_templates) -> _Problem:
     n_rewrite = len(templates)
-    all_templates = templates + list(ESSENCE_TEMPLATES)
+    essence = list(essence_templates)
+    all_templates = templates + essence
     batch, positions = subject_batch(model, all_templates, [fact.subject] * len(all_templates),
-                                     [answer] * n_rewrite + [fact.target] * len(ESSENCE_TEMPLATES))
-    base_out = _module_output_at(model, module, batch.tokens, positions[:1])
+                                     [answer] * n_rewrite + [fact.target] * len(essence))
+    base_norm = _module_output_norm(model, module, batch.tokens[:n_rewrite], positions[:n_rewrite])
     logits0 = model(batch.tokens)
     lp0 = first_answer_logprobs(logits0, batch)  # [batch, d_vocab]
     seq0 = target_logprobs(logits0.float(), batch)[:n_rewrite]  # [n_rewrite]
-    first = first_target_ids(batch)[:n_rewrite]
+    first_ids = first_target_ids(batch)
+    first = first_ids[:n_rewrite]
+    # forgetting: the essence prompts keep their distribution, minus the forgotten target itself
+    essence_q = _without_targets(lp0[n_rewrite:], first_ids[n_rewrite:]) if objective == "forget" \
+        else lp0[n_rewrite:].exp()
     mask = _before_subject_mask(model, all_templates, batch.tokens.shape)
     return _Problem(batch, positions, n_rewrite, lp0, seq0, first, _without_targets(lp0[:n_rewrite], first),
-                    mask, logits0[mask].float().log_softmax(-1), float(base_out.norm()))
+                    essence_q, mask, logits0[mask].float().log_softmax(-1), base_norm)
 
 
 def _before_subject_mask(model, templates, shape) -> torch.Tensor:
@@ -193,7 +200,7 @@ def _loss(logits, prob: _Problem, objective: str, s: ValueSettings, delta, with_
         n_tok = torch.tensor([len(t) for t in prob.batch.target_ids[:n]], device=seq.device)
         main = (-seq / n_tok).mean()
         done = bool(main < 0.05)
-    essence = _kl(prob.lp0[n:].exp(), lp[n:])
+    essence = _kl(prob.essence_q, lp[n:])
     text = _kl(prob.text_lp0.exp(), logits[prob.text_mask].float().log_softmax(-1)) if with_text \
         else torch.zeros((), device=lp.device)
     decay = s.weight_decay * delta.norm() ** 2 / prob.base_norm ** 2
@@ -204,8 +211,10 @@ def _loss(logits, prob: _Problem, objective: str, s: ValueSettings, delta, with_
 
 
 @torch.no_grad()
-def _module_output_at(model, module, tokens, positions) -> torch.Tensor:
-    """``[d_model]``: ``module``'s output at ``positions[b]`` averaged over the given rows."""
+def _module_output_norm(model, module, tokens, positions) -> float:
+    """Mean norm of ``module``'s output at ``positions[b]`` over the rows of ``tokens``: the scale
+    of ``delta`` (its clamp and weight decay). A mean over all rewrite prompts, because the first
+    one may open with the subject, where the output is unusually small."""
     captured = {}
     handle = module.register_forward_hook(lambda m, a, out: captured.__setitem__("out", out.detach()))
     try:
@@ -213,7 +222,7 @@ def _module_output_at(model, module, tokens, positions) -> torch.Tensor:
     finally:
         handle.remove()
     rows = torch.arange(len(positions), device=tokens.device)
-    return captured["out"][rows, positions].mean(0)
+    return float(captured["out"][rows, positions].float().norm(dim=-1).mean())
 
 
 def _without_targets(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
