@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from excise.components import MLP, mlp_out_module, out_proj_weight
 from excise.edit._common import mlp_keys, param_name, rewriting_prompts, subject_batch
+from excise.edit.rank_one import CONTRAST_WEIGHT, contrast_subjects
 from excise.edit.record import Edit, EditError, make_edit
 from excise.edit.stats import SampleSpec, key_stats
 from excise.edit.value import ValueSettings, compute_value
@@ -29,6 +30,7 @@ from excise.edit.value import ValueSettings, compute_value
 log = logging.getLogger(__name__)
 
 DEFAULT_SPREAD = 5
+CONTRAST_PER_FACT = 4
 
 
 def default_layers(model, spread: int = DEFAULT_SPREAD) -> list[int]:
@@ -39,6 +41,7 @@ def default_layers(model, spread: int = DEFAULT_SPREAD) -> list[int]:
 
 def memit(model, facts, layers: list[int] | None = None, objective: str = "forget", *,
           corpus: str | None = None, update_weight: float = 2000.0, max_update_ratio: float = 1.0,
+          contrast: int = CONTRAST_PER_FACT, contrast_weight: float = CONTRAST_WEIGHT,
           settings: ValueSettings | None = None, progress: bool = True) -> Edit:
     """Forget (or replace) all ``facts`` with one update per layer; applies and returns the Edit.
 
@@ -46,6 +49,8 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
     bundled facts at once on the default model (``bench/forget_quality.py``, neighbours that are
     themselves in the batch not counted): ``lambda`` 15000 (MEMIT's GPT-J setting) forgets 34%
     and keeps 80% of neighbours; 2000 (the default) 86% / 71%; 800 90% / 53%.
+    ``contrast`` other subjects per fact (see :func:`~excise.edit.rank_one.contrast_subjects`),
+    in the fact's prompt, join ``C`` with weight ``contrast_weight`` so the update spares them.
     """
     from excise.model import weights_hash
 
@@ -65,6 +70,7 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
         deltas.append(delta)
         value_infos.append({"fact": fact.id, "steps": value_info["steps"], "goal_met": value_info["goal_met"]})
     batch, positions, groups = _fact_batch(model, facts, settings.n_prefixes)
+    others = _contrast_batch(model, facts, contrast) if contrast > 0 and contrast_weight > 0 else None
     z = _resid(model, last, batch, positions, groups, len(facts)) + torch.stack(deltas)  # [fact, d_model]
     modules = [mlp_out_module(model, layer) for layer in layers]
     originals = {m: m.weight.detach().clone() for m in modules}
@@ -73,9 +79,12 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
         for i, layer in enumerate(layers):
             keys = _group_mean(mlp_keys_batched(model, layer, batch, positions), groups, len(facts))
             residual = (z - _resid(model, last, batch, positions, groups, len(facts))) / (len(layers) - i)
-            update, reports[layer] = _least_squares(model, layer, keys, residual,
-                                                    stats[layer].second_moment, update_weight,
-                                                    max_update_ratio)
+            second_moment = stats[layer].second_moment
+            if others is not None:
+                other_keys = mlp_keys_batched(model, layer, *others).to(second_moment.dtype)  # [n, d_mlp]
+                second_moment = second_moment + contrast_weight * other_keys.T @ other_keys / len(other_keys)
+            update, reports[layer] = _least_squares(model, layer, keys, residual, second_moment,
+                                                    update_weight, max_update_ratio)
             with torch.no_grad():
                 out_proj_weight(model, layer).add_(update)
         new_weights = {param_name(model, m.weight): m.weight.detach().clone() for m in modules}
@@ -87,7 +96,8 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
             "key_tokens": stats[last].n_tokens, "key_sample": stats[last].sample,
             "updates": reports, "values": value_infos}
     record = dict(layers=layers, objective=objective, corpus=corpus, update_weight=update_weight,
-                  max_update_ratio=max_update_ratio, **vars(settings))
+                  max_update_ratio=max_update_ratio, contrast=contrast, contrast_weight=contrast_weight,
+                  **vars(settings))
     return make_edit(model, "memit", new_weights, settings=record, fact_ids=[f.id for f in facts],
                      components=[MLP(layer) for layer in layers], base_hash=base_hash, info=info)
 
@@ -106,6 +116,19 @@ def _fact_batch(model, facts, n_prefixes: int):
     groups += [len(facts) + i for i in range(len(facts))]
     batch, positions = subject_batch(model, templates, subjects, [" ."] * len(templates))
     return batch, positions, torch.tensor(groups, device=positions.device)
+
+
+def _contrast_batch(model, facts, per_fact: int):
+    """Rows of other subjects in the batch's prompts: ``per_fact`` per fact, none of them a batch
+    subject or named in a batch fact's probes (see ``rank_one.contrast_subjects``)."""
+    templates, subjects = [], []
+    for fact in facts:
+        for subject in contrast_subjects(fact, per_fact, avoid=facts):
+            templates.append(fact.prompt)
+            subjects.append(subject)
+    if not subjects:
+        return None
+    return subject_batch(model, templates, subjects, [" ."] * len(subjects))
 
 
 def _group_mean(rows: torch.Tensor, groups: torch.Tensor, n: int) -> torch.Tensor:

@@ -118,15 +118,16 @@ def subject_key(model, layer: int, templates: list[str], subject: str) -> torch.
     return mlp_keys(model, layer, batch.tokens, positions).mean(0)
 
 
-def contrast_subjects(fact, limit: int = CONTRAST_SUBJECTS) -> list[str]:
+def contrast_subjects(fact, limit: int = CONTRAST_SUBJECTS, avoid=()) -> list[str]:
     """Up to ``limit`` other subjects from the bundled fact sets, those of ``fact``'s relation first.
 
-    Subjects named in ``fact``'s own neighbour or same-subject prompts are left out, so those
-    probes stay held out when an edit is verified.
+    Subjects named in ``fact``'s own neighbour or same-subject prompts (or in the facts ``avoid``
+    and their probes) are left out, so those probes stay held out when an edit is verified.
     """
     from excise.facts import load_facts
 
-    probes = " ".join(p.prompt for p in (*fact.neighbors, *fact.same_subject))
+    probes = " ".join(p.prompt for f in (fact, *avoid) for p in (*f.neighbors, *f.same_subject))
+    probes += " " + " ".join(f.subject for f in avoid)
     pool = sorted(load_facts("all"), key=lambda f: f.relation != fact.relation)
     chosen: list[str] = []
     for other in pool:
