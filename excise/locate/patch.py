@@ -8,8 +8,8 @@ logit(wrong_answer)`` at the last position, gives 0 for "no effect" and 1 for "f
 clean behaviour". Same numbers as ``transformer_lens.patching``, far faster: patched runs are
 batched (several layers' patches per forward), each run joins its batch at its own layer from the
 cached corrupted residual there instead of starting at the embeddings
-(:class:`~excise.locate._runner.Runner`), only the last position is unembedded, and patches before the first differing token (identical in
-both runs) are 0 without running anything.
+(:class:`~excise.locate._runner.Runner`), only the last position is unembedded, and patches
+before the first differing token (identical in both runs) are 0 without running anything.
 """
 
 from __future__ import annotations
