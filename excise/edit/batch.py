@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from excise.components import MLP, mlp_out_module, out_proj_weight
 from excise.edit._common import mlp_keys, param_name, rewriting_prompts, subject_batch
-from excise.edit.rank_one import CONTRAST_WEIGHT, contrast_subjects
+from excise.edit.rank_one import CONTRAST_WEIGHT, contrast_batch
 from excise.edit.record import Edit, EditError, make_edit
 from excise.edit.stats import SampleSpec, key_stats
 from excise.edit.value import ValueSettings, compute_value
@@ -71,7 +71,8 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
         deltas.append(delta)
         value_infos.append({"fact": fact.id, "steps": value_info["steps"], "goal_met": value_info["goal_met"]})
     batch, positions, groups = _fact_batch(model, facts, settings.n_prefixes)
-    others = _contrast_batch(model, facts, contrast) if contrast > 0 and contrast_weight > 0 else None
+    others = contrast_batch(model, facts, contrast, avoid=facts)[0] \
+        if contrast > 0 and contrast_weight > 0 else None
     z = _resid(model, last, batch, positions, groups, len(facts)) + torch.stack(deltas)  # [fact, d_model]
     modules = [mlp_out_module(model, layer) for layer in layers]
     originals = {m: m.weight.detach().clone() for m in modules}
@@ -117,19 +118,6 @@ def _fact_batch(model, facts, n_prefixes: int):
     groups += [len(facts) + i for i in range(len(facts))]
     batch, positions = subject_batch(model, templates, subjects, [" ."] * len(templates))
     return batch, positions, torch.tensor(groups, device=positions.device)
-
-
-def _contrast_batch(model, facts, per_fact: int):
-    """Rows of other subjects in the batch's prompts: ``per_fact`` per fact, none of them a batch
-    subject or named in a batch fact's probes (see ``rank_one.contrast_subjects``)."""
-    templates, subjects = [], []
-    for fact in facts:
-        for subject in contrast_subjects(fact, per_fact, avoid=facts):
-            templates.append(fact.prompt)
-            subjects.append(subject)
-    if not subjects:
-        return None
-    return subject_batch(model, templates, subjects, [" ."] * len(subjects))
 
 
 def _group_mean(rows: torch.Tensor, groups: torch.Tensor, n: int) -> torch.Tensor:

@@ -24,6 +24,7 @@ breaks from 11.6% to 2.3% (12 facts, layer 4). ``contrast=0`` gives plain ROME.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -124,11 +125,9 @@ def contrast_subjects(fact, limit: int = CONTRAST_SUBJECTS, avoid=()) -> list[st
     Subjects named in ``fact``'s own neighbour or same-subject prompts (or in the facts ``avoid``
     and their probes) are left out, so those probes stay held out when an edit is verified.
     """
-    from excise.facts import load_facts
-
     probes = " ".join(p.prompt for f in (fact, *avoid) for p in (*f.neighbors, *f.same_subject))
     probes += " " + " ".join(f.subject for f in avoid)
-    pool = sorted(load_facts("all"), key=lambda f: f.relation != fact.relation)
+    pool = sorted(_bundled_facts(), key=lambda f: f.relation != fact.relation)
     chosen: list[str] = []
     for other in pool:
         subject = other.subject
@@ -140,12 +139,32 @@ def contrast_subjects(fact, limit: int = CONTRAST_SUBJECTS, avoid=()) -> list[st
     return chosen
 
 
+@functools.cache
+def _bundled_facts() -> tuple:
+    from excise.facts import load_facts
+
+    return tuple(load_facts("all"))
+
+
+def contrast_batch(model, facts, per_fact: int, avoid=()):
+    """``((batch, positions), subjects)``: each fact's prompt with ``per_fact`` of its
+    :func:`contrast_subjects`; ``(None, [])`` when there are none."""
+    templates, subjects = [], []
+    for fact in facts:
+        for subject in contrast_subjects(fact, per_fact, avoid):
+            templates.append(fact.prompt)
+            subjects.append(subject)
+    if not subjects:
+        return None, []
+    return subject_batch(model, templates, subjects, [" ."] * len(subjects)), subjects
+
+
 def contrast_keys(model, layer: int, fact, limit: int) -> tuple[torch.Tensor, list[str]]:
     """Keys ``[n, d_mlp]`` of :func:`contrast_subjects` in ``fact``'s prompt, and the subjects."""
-    subjects = contrast_subjects(fact, limit) if limit > 0 else []
-    if not subjects:
+    rows, subjects = contrast_batch(model, [fact], limit) if limit > 0 else (None, [])
+    if rows is None:
         return torch.zeros(0, model.cfg.d_mlp), []
-    batch, positions = subject_batch(model, [fact.prompt] * len(subjects), subjects, [" ."] * len(subjects))
+    batch, positions = rows
     return mlp_keys(model, layer, batch.tokens, positions), subjects
 
 

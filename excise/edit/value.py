@@ -57,7 +57,8 @@ class ValueSettings:
     edit covers other wordings of the relation. ``text_kl_weight``: weight of the KL term that
     keeps the predictions at the tokens *before* the subject unchanged; it only bites when the
     edit is simulated exactly (``direction=`` in :func:`compute_value`), where it penalises a
-    rank-one direction that also fires on ordinary text.
+    rank-one direction that also fires on ordinary text. ``essence_templates``: prompts about
+    the subject alone whose predictions a KL term keeps (minus the target, when forgetting).
     """
 
     n_prefixes: int = 4
