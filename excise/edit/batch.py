@@ -71,8 +71,7 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
         deltas.append(delta)
         value_infos.append({"fact": fact.id, "steps": value_info["steps"], "goal_met": value_info["goal_met"]})
     batch, positions, groups = _fact_batch(model, facts, settings.n_prefixes)
-    others = contrast_batch(model, facts, contrast, avoid=facts)[0] \
-        if contrast > 0 and contrast_weight > 0 else None
+    others = contrast_batch(model, facts, contrast, avoid=facts)[0] if contrast_weight > 0 else None
     z = _resid(model, last, batch, positions, groups, len(facts)) + torch.stack(deltas)  # [fact, d_model]
     modules = [mlp_out_module(model, layer) for layer in layers]
     originals = {m: m.weight.detach().clone() for m in modules}

@@ -161,7 +161,7 @@ def contrast_batch(model, facts, per_fact: int, avoid=()):
 
 def contrast_keys(model, layer: int, fact, limit: int) -> tuple[torch.Tensor, list[str]]:
     """Keys ``[n, d_mlp]`` of :func:`contrast_subjects` in ``fact``'s prompt, and the subjects."""
-    rows, subjects = contrast_batch(model, [fact], limit) if limit > 0 else (None, [])
+    rows, subjects = contrast_batch(model, [fact], limit)
     if rows is None:
         return torch.zeros(0, model.cfg.d_mlp), []
     batch, positions = rows
