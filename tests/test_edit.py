@@ -183,6 +183,23 @@ def test_memit_batch_touches_only_given_layers(tiny):
     assert weights_hash(tiny) == base
 
 
+def test_key_statistics_stay_valid_after_edits_downstream_of_their_keys(tiny):
+    """A rank-one edit at layer 1 leaves the keys of layers 0 and 1 as they were, not layer 2's."""
+    from excise.components import mlp_in_module
+    from excise.edit.stats import key_inputs_hash
+
+    before = key_inputs_hash(tiny, [0, 1, 2])
+    assert len(set(before.values())) == 3
+    edit = rome(tiny, FACT, layer=1, settings=FAST, progress=False)
+    after = key_inputs_hash(tiny, [0, 1, 2])
+    assert after[0] == before[0] and after[1] == before[1] and after[2] != before[2]
+    edit.undo(tiny)
+    with torch.no_grad():  # what feeds layer 1's keys (its MLP input projection) does count
+        mlp_in_module(tiny, 1).weight.add_(1e-3)
+    changed = key_inputs_hash(tiny, [0, 1])
+    assert changed[0] == before[0] and changed[1] != before[1]
+
+
 def test_bad_input_is_explained(tiny):
     with pytest.raises(ValueError, match="layer 9 out of range"):
         rome(tiny, FACT, layer=9)
