@@ -1,12 +1,14 @@
 """Forgetting quality of each editor on the default model, over the bundled fact sets.
 
-    python bench/forget_quality.py --limit 40 [--layer 4] [--baseline-limit 8] [--batch 20]
+    python bench/forget_quality.py --limit 40 [--layer 4] [--baseline-limit 8] [--batch 50] [--sequence 50]
 
 For every method it prints one table row: efficacy (prompt forgotten per verify.criteria),
 paraphrases forgotten (``rome`` trains on the fact's paraphrases, so they are in-sample; the
 ``rome(held-out paraphrases)`` row edits on the first paraphrase only and scores the others),
 neighbours kept, the subject's other facts kept, perplexity change on the held-out text, and
-seconds per edit. Only facts the model knows (greedy decoding produces the
+seconds per fact. Two rows forget many facts together: ``memit batch`` (one least-squares update
+per layer for all of them) and ``rome sequence`` (one rank-one edit per fact, one after another);
+there a neighbour that is itself in the batch is not counted. Only facts the model knows (greedy decoding produces the
 target) are used, taken round-robin over the relations. Targets from the issue: efficacy >= 95%,
 paraphrases >= 85%, neighbours >= 95%, same-subject >= 90%, perplexity <= +2%; batch of 50:
 efficacy >= 90%, neighbours >= 90%.
@@ -25,6 +27,7 @@ import torch
 
 from excise.edit import ablate, finetune, memit, rome
 from excise.edit.ablation import attributed_neurons
+from excise.edit.sequence import rome_sequence
 from excise.facts import load_facts
 from excise.model import load_model
 from excise.scoring import score_targets
@@ -125,6 +128,8 @@ def main():
     parser.add_argument("--limit", type=int, default=40, help="facts for single-fact editors")
     parser.add_argument("--baseline-limit", type=int, default=8, help="facts for fine-tuning baselines")
     parser.add_argument("--batch", type=int, default=50, help="facts in the MEMIT batch (0: skip)")
+    parser.add_argument("--sequence", type=int, default=50,
+                        help="facts forgotten by one rank-one edit each, in sequence (0: skip)")
     parser.add_argument("--layer", type=int, default=4)
     parser.add_argument("--methods", default="all", help="comma-separated method names, or none")
     args = parser.parse_args()
@@ -132,7 +137,7 @@ def main():
     torch.manual_seed(0)
     model = load_model(device="cpu")
     ppl0 = perplexity(model)
-    facts = pick_facts(model, max(args.limit, args.batch))
+    facts = pick_facts(model, max(args.limit, args.batch, args.sequence))
     print(f"default model, {len(facts)} known facts picked; baseline perplexity {ppl0:.3f}")
     print(HEADER, flush=True)
     for name, method in single_fact_methods(args).items():
@@ -152,13 +157,18 @@ def main():
             print(f"  after {fact.id}: " + table_row(name, len(facts[:n]), agg, seconds),
                   file=sys.stderr, flush=True)
         print(table_row(name, len(facts[:n]), agg, seconds / max(1, len(facts[:n]))), flush=True)
-    if args.batch:
-        batch = facts[: args.batch]
+    many = {"memit batch": (args.batch, lambda m, fs: memit(m, fs, progress=False)),
+            "rome sequence": (args.sequence, lambda m, fs: rome_sequence(m, fs, layer=args.layer,
+                                                                         progress=False))}
+    for name, (n, method) in many.items():
+        if not n:
+            continue
+        batch = facts[:n]
         start = time.perf_counter()
-        edit = memit(model, batch, progress=False)
+        edit = method(model, batch)
         seconds = time.perf_counter() - start
         agg = evaluate(model, edit, batch, ppl0)
-        print(table_row(f"memit batch of {len(batch)}", len(batch), agg, seconds), flush=True)
+        print(table_row(f"{name} of {len(batch)}", len(batch), agg, seconds / len(batch)), flush=True)
         edit.undo(model)
 
 

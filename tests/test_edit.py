@@ -200,6 +200,32 @@ def test_key_statistics_stay_valid_after_edits_downstream_of_their_keys(tiny):
     assert changed[0] == before[0] and changed[1] != before[1]
 
 
+def test_rome_sequence_is_one_edit_with_statistics_computed_once(tiny, monkeypatch, tmp_path):
+    from excise.edit import stats
+    from excise.edit.sequence import rome_sequence
+
+    monkeypatch.setenv("EXCISE_CACHE", str(tmp_path))
+    passes, accumulate = [], stats._accumulate
+    monkeypatch.setattr(stats, "_accumulate", lambda *a, **k: passes.append(a[1]) or accumulate(*a, **k))
+    other = Fact(id="capital-germany", subject="Germany", prompt="The capital of {} is", target=" Berlin")
+    base, state = weights_hash(tiny), _state(tiny)
+    edit = rome_sequence(tiny, [FACT, other], layer=1, settings=FAST, max_update_ratio=100, progress=False)
+    assert passes == [[1]]  # the second edit reused the first one's key statistics
+    assert tiny.excise_edits == [edit] and edit.fact_ids == ["capital-france", "capital-germany"]
+    assert [e["fact"] for e in edit.info["edits"]] == edit.fact_ids
+    ((name, delta),) = edit.deltas.items()
+    singular = torch.linalg.svdvals(delta.double())
+    assert singular[1] > 1e-2 * singular[0] and singular[2] < 1e-3 * singular[0]  # two rank-one updates
+    edit.undo(tiny)
+    assert weights_hash(tiny) == base
+    # all or nothing: the second fact cannot be replaced (no new_target), so the first is undone too
+    with pytest.raises(ValueError, match="new_target"):
+        rome_sequence(tiny, [FACT, other], layer=1, objective="replace", settings=FAST,
+                      max_update_ratio=100, progress=False)
+    assert tiny.excise_edits == [] and weights_hash(tiny) == base
+    assert all(torch.equal(v, state[k]) for k, v in _state(tiny).items())
+
+
 def test_bad_input_is_explained(tiny):
     with pytest.raises(ValueError, match="layer 9 out of range"):
         rome(tiny, FACT, layer=9)

@@ -43,6 +43,27 @@ def test_rome_forgets_and_keeps_neighbours(real_model):
     assert weights_hash(model) == base
 
 
+def test_rome_sequence_keeps_earlier_edits(real_model):
+    """Two rank-one edits in sequence: the second does not bring the first fact back."""
+    from excise.edit.sequence import rome_sequence
+
+    model = real_model
+    base = weights_hash(model)
+    neighbours = FACTS[0].neighbors
+    prompts = [f.text for f in FACTS] + [p.prompt for p in neighbours]
+    targets = [f.target for f in FACTS] + [p.target for p in neighbours]
+    before = score_targets(model, prompts, targets)
+    edit = rome_sequence(model, FACTS, layer=4, progress=False)
+    try:
+        after = score_targets(model, prompts, targets)
+        assert all(forgotten(_row(before, i), _row(after, i)).all() for i in range(len(FACTS)))
+        assert kept(after)[len(FACTS):].all()
+        assert [e["layer"] for e in edit.info["edits"]] == [4, 4]
+    finally:
+        edit.undo(model)
+    assert weights_hash(model) == base
+
+
 def _row(scores, i):
     from excise.scoring import Scores
 

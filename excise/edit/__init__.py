@@ -2,6 +2,7 @@
 
 * :func:`rome` - rank-one update of one MLP output projection (forget or replace one fact);
 * :func:`memit` - one least-squares update per layer over several layers, many facts at once;
+* :func:`rome_sequence` - many facts, one rank-one edit each, applied one after another;
 * :func:`ablate` - bake the zero- or mean-ablation of located neurons/heads into the weights;
 * :func:`finetune` - the baselines: gradient ascent, counterexamples, NPO;
 * :class:`Edit` - deltas + provenance; ``apply``/``undo``/``reverted``/``applied``/``save``;
@@ -21,6 +22,7 @@ _EXPORTS = {
     "load": "excise.edit.record",
     "rome": "excise.edit.rank_one",
     "memit": "excise.edit.batch",
+    "rome_sequence": "excise.edit.sequence",
     "ablate": "excise.edit.ablation",
     "finetune": "excise.edit.baselines",
     "save_model": "excise.export",

@@ -46,7 +46,7 @@ def rome(model, fact=None, layer: int | None = None, objective: str = "forget",
          new_target: str | None = None, *, facts=None, corpus: str | None = None,
          ridge: float = 1e-2, max_update_ratio: float = 1.0, trace_samples: int = 5,
          contrast: int = CONTRAST_SUBJECTS, contrast_weight: float = CONTRAST_WEIGHT,
-         settings: ValueSettings | None = None, progress: bool = True) -> Edit:
+         contrast_avoid=(), settings: ValueSettings | None = None, progress: bool = True) -> Edit:
     """Forget (or replace) ``fact`` with a rank-one update of one MLP; applies it and returns the Edit.
 
     Args:
@@ -59,6 +59,8 @@ def rome(model, fact=None, layer: int | None = None, objective: str = "forget",
         max_update_ratio: refuse updates with ``||dW|| > max_update_ratio * ||W||``.
         contrast, contrast_weight: how many other subjects' keys to protect and their weight
             in the key statistics (see :func:`contrast_keys`; ``contrast=0`` is plain ROME).
+        contrast_avoid: other facts whose subjects and probes the contrast keys must not use
+            (the rest of a sequence of edits, so that their probes stay held out).
     """
     if facts is not None:
         from excise.edit.batch import memit
@@ -80,7 +82,7 @@ def rome(model, fact=None, layer: int | None = None, objective: str = "forget",
     stats = key_stats(model, [layer], SampleSpec(corpus=corpus), progress, base_hash)[layer]
     templates = _key_templates(model, fact, settings)
     key = balanced_key(model, layer, templates, fact.subject)
-    others, subjects = contrast_keys(model, layer, fact, contrast)
+    others, subjects = contrast_keys(model, layer, fact, contrast, contrast_avoid)
     u, denominator, second_moment, weight = protected_direction(
         layer, key, stats.second_moment, others, contrast_weight, ridge)
     info["contrast"] = {"subjects": subjects, "weight": weight, "template": fact.prompt}
@@ -159,9 +161,9 @@ def contrast_batch(model, facts, per_fact: int, avoid=()):
     return subject_batch(model, templates, subjects, [" ."] * len(subjects)), subjects
 
 
-def contrast_keys(model, layer: int, fact, limit: int) -> tuple[torch.Tensor, list[str]]:
+def contrast_keys(model, layer: int, fact, limit: int, avoid=()) -> tuple[torch.Tensor, list[str]]:
     """Keys ``[n, d_mlp]`` of :func:`contrast_subjects` in ``fact``'s prompt, and the subjects."""
-    rows, subjects = contrast_batch(model, [fact], limit)
+    rows, subjects = contrast_batch(model, [fact], limit, avoid)
     if rows is None:
         return torch.zeros(0, model.cfg.d_mlp), []
     batch, positions = rows

@@ -1,0 +1,74 @@
+"""Forget many facts with one rank-one edit each, applied one after another (sequential ROME).
+
+The batch editor :func:`~excise.edit.batch.memit` solves for all facts in one least-squares
+update per layer; here each fact gets its own :func:`~excise.edit.rank_one.rome` edit, computed on
+the model as the previous edits left it, so every edit sees (and keeps) the ones before it. The
+rank-one edits at one layer leave that layer's keys unchanged, so the key statistics are
+computed once for the whole sequence (see :func:`~excise.edit.stats.key_inputs_hash`).
+
+The result is one :class:`~excise.edit.record.Edit` whose deltas are the sum of the per-fact
+updates: ``undo`` restores the weights from before the first edit, bit for bit.
+
+Sequential rank-one editing is the baseline batch editors exist to beat: each edit leaks a
+little onto other subjects, and the leaks add up. Forgetting 50 bundled facts at layer 4 of the
+default model (``bench/forget_quality.py --sequence 50``) forgets every one of them (paraphrases
+99%) but keeps only 21% of their neighbours and 37% of the subjects' other facts, with perplexity
++10.8%; :func:`~excise.edit.batch.memit` keeps 80% of neighbours at 80% efficacy.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tqdm.auto import tqdm
+
+from excise.edit.rank_one import rome
+from excise.edit.record import Edit, make_edit
+
+log = logging.getLogger(__name__)
+
+
+def rome_sequence(model, facts, layer: int | None = None, *, progress: bool = True, **rome_kwargs) -> Edit:
+    """Forget (or replace) each of ``facts`` with its own rank-one edit, in order; applies and
+    returns one Edit for all of them.
+
+    ``layer`` and ``rome_kwargs`` are passed to every :func:`~excise.edit.rank_one.rome` call
+    (``layer=None`` traces each fact for its own layer). Each fact's contrast keys avoid the
+    other facts' subjects and probes, so those stay held out. If one edit is refused, the edits
+    made so far are undone and the error is raised: the model is left as it was.
+    """
+    from excise.model import weights_hash
+
+    facts = list(facts)
+    if not facts:
+        raise ValueError("rome_sequence() needs at least one fact")
+    ids = [f.id for f in facts]
+    if len(set(ids)) != len(ids):
+        raise ValueError("rome_sequence() got the same fact id twice; edit each fact once")
+    base_hash = weights_hash(model)
+    edits: list[Edit] = []
+    try:
+        for fact in tqdm(facts, desc="rank-one edits", disable=not progress):
+            others = [f for f in facts if f is not fact]
+            edits.append(rome(model, fact, layer=layer, contrast_avoid=others, progress=False,
+                              **rome_kwargs))
+    except Exception:
+        for edit in reversed(edits):
+            edit.undo(model)
+        raise
+    params = dict(model.original_model.named_parameters())
+    names = sorted({name for edit in edits for name in edit.deltas})
+    new_weights = {name: params[name].detach().clone() for name in names}
+    for edit in reversed(edits):
+        edit.undo(model)
+    per_fact = [{"fact": e.fact_ids[0], "layer": e.settings["layer"],
+                 "ratio": e.info["update"]["ratio"], "goal_met": e.info["value"]["goal_met"]}
+                for e in edits]
+    components = sorted({c for e in edits for c in e.components})
+    settings = {k: v for k, v in edits[0].settings.items() if k != "layer"}
+    settings["layer"] = layer
+    info = {"edits": per_fact, "parameters": names,
+            "key_tokens": edits[0].info.get("key_tokens")}
+    log.info("rome_sequence: %d facts, %d parameters", len(facts), len(names))
+    return make_edit(model, "rome_sequence", new_weights, settings=settings, fact_ids=ids,
+                     components=components, base_hash=base_hash, info=info)
