@@ -122,6 +122,26 @@ class _ScaleEdit:
                 self.weight.copy_(self.edited)
 
 
+def test_relearning_is_read_against_its_made_up_subject_control():
+    from excise.verify.outcome import judge_relearn
+    from excise.verify.relearn import control_probes
+
+    fact = capital_fact()
+    controls = control_probes(fact)
+    assert len(controls) == 3 and all(c.target == " Paris" and "France" not in c.prompt for c in controls)
+    before = {"rank": 0, "prob": 0.6}
+
+    def judged(prob, rank, control_end):
+        curve = {"control_prob": [0.01, control_end]}
+        return judge_relearn(before, {"rank": rank, "prob": prob, "curve": curve}, "relearning")
+
+    assert judged(0.5, 0, 0.02).status == "recovered"  # back for this subject only
+    taught = judged(0.5, 0, 0.4)  # back, but as much for subjects the model never knew
+    assert taught.status == "uninformative" and "never knew" in taught.reason
+    assert judged(0.001, 7, 0.4).status == "forgotten"
+    assert "made-up subjects: p=0.010 -> 0.020" in judged(0.5, 0, 0.02).reason
+
+
 def test_verify_tiny_reverts_edits_and_writes_reports(tiny, tmp_path):
     from excise.verify import verify
     from excise.verify.metrics import score_facts

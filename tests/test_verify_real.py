@@ -65,6 +65,8 @@ def test_unedited_model_passes_every_still_knows_probe(real_model):
                                                "few_shot", "linear_probe", "relearn")}, fr.probes
     assert fr.verdict == "not forgotten"
     assert "Paris" in fr.probe("question").after["answer"]
+    curve = fr.probe("relearn").after["curve"]  # the control: made-up countries rarely get Paris
+    assert len(curve["control_prob"]) == len(curve["prob"]) and curve["control_prob"][-1] < 0.1
 
 
 def test_last_layer_edit_looks_forgotten_but_logit_lens_finds_it(real_model):

@@ -145,8 +145,9 @@ def _measure(model, facts, related, probes, fluency_tokens, perplexity, k, order
 
 
 def _relearn(edited, facts, related, steps, lr, progress) -> dict[int, dict]:
-    """One attack per group of facts sharing their training data; returns per-fact curves."""
-    from excise.verify.relearn import relearn
+    """One attack per group of facts sharing their training data; returns per-fact curves, each
+    with the mean probability of the answer for made-up subjects (the control) along the way."""
+    from excise.verify.relearn import control_probes, relearn
 
     groups: dict[tuple, list[int]] = {}
     for i, rel in enumerate(related):
@@ -158,12 +159,19 @@ def _relearn(edited, facts, related, steps, lr, progress) -> dict[int, dict]:
             for i in members:
                 out[i] = "no other facts of this relation to relearn on"
             continue
+        controls = [control_probes(facts[i]) for i in members]
         watch = [Probe(facts[i].text, facts[i].target) for i in members]
-        curve = relearn(edited, train, watch, steps=steps, lr=lr, progress=progress)
+        curve = relearn(edited, train, watch + [p for c in controls for p in c], steps=steps, lr=lr,
+                        progress=progress)
+        start = len(members)
         for j, i in enumerate(members):
+            stop = start + len(controls[j])
             out[i] = {"steps": curve["steps"], "prob": [p[j] for p in curve["prob"]],
                       "rank": [r[j] for r in curve["rank"]], "train_loss": curve["train_loss"],
-                      "n_train": len(train)}
+                      "n_train": len(train),
+                      "control_prob": [sum(p[start:stop]) / len(controls[j]) for p in curve["prob"]],
+                      "control_prompts": [p.prompt for p in controls[j]]}
+            start = stop
     return out
 
 
@@ -228,8 +236,8 @@ def _outcomes(i, before, after, relearned, b, probes) -> list[outcome.ProbeOutco
         if isinstance(curve, dict):
             before_num = {"rank": int(b["prompt"].rank[0]), "prob": float(b["prompt"].prob[0])}
             after_num = {"rank": curve["rank"][-1], "prob": curve["prob"][-1], "curve": curve}
-            out.append(outcome.judge_scored(
-                "relearn", before_num, after_num,
+            out.append(outcome.judge_relearn(
+                before_num, after_num,
                 f"relearning: probability returns to {curve['prob'][-1]:.2f} after "
                 f"{curve['steps'][-1]} steps on {curve['n_train']} other facts"))
         else:

@@ -51,6 +51,9 @@ def relearn_curve(fact_report) -> go.Figure:
     curve = o.after["curve"]
     fig = go.Figure(go.Scatter(x=curve["steps"], y=curve["prob"], mode="lines+markers",
                                name="p(target) during relearning"))
+    if "control_prob" in curve:
+        fig.add_trace(go.Scatter(x=curve["steps"], y=curve["control_prob"], mode="lines+markers",
+                                 line_dash="dash", name="same answer, made-up subjects (control)"))
     fig.add_hline(y=o.before["prob"], line_dash="dot", annotation_text="before the edit")
     fig.update_layout(title=f"Relearning attack: {fact_report.id}", xaxis_title="fine-tuning step",
                       yaxis_title="p(target)", height=350)

@@ -60,6 +60,28 @@ def judge_scored(probe: str, before: dict, after: dict, what: str) -> ProbeOutco
     return ProbeOutcome(probe, status, reason, before, after)
 
 
+CONTROL_SHARE = 0.5
+
+
+def judge_relearn(before: dict, after: dict, what: str) -> ProbeOutcome:
+    """:func:`judge_scored` for the relearning attack, read against its control.
+
+    ``after["curve"]["control_prob"]`` is the answer's mean probability for made-up subjects
+    during the same attack. A return counts as "recovered" only when the answer comes back for
+    this subject clearly more than for subjects the model never knew (the control ends below
+    ``CONTROL_SHARE`` of the fact's probability); otherwise the attack taught the answer, not the
+    fact, and the probe is "uninformative".
+    """
+    control = after["curve"]["control_prob"]
+    what = f"{what}; made-up subjects: p={control[0]:.3f} -> {control[-1]:.3f}"
+    judged = judge_scored("relearn", before, after, what)
+    if judged.status == "recovered" and control[-1] >= CONTROL_SHARE * after["prob"]:
+        judged.status = "uninformative"
+        judged.reason = (f"{judged.reason}: the attack raises the answer for subjects the model "
+                         "never knew about as much, so it says nothing about this fact")
+    return judged
+
+
 def judge_known(probe: str, before: dict, after: dict, what: str) -> ProbeOutcome:
     """Outcome of a probe with a boolean ``known``."""
     if not before["known"]:

@@ -6,6 +6,12 @@ Deeb & Roger 2024). We fine-tune every parameter with Adam for a small fixed bud
 the same relation (the caller guarantees they neither state the forgotten fact nor share its
 answer) and record the forgotten target's probability along the way.
 
+A return alone does not show that *this* fact came back: the attack may just teach the relation's
+frequent answers. So the same run also watches a control: the fact's prompt with made-up subjects
+the model never knew (:data:`CONTROL_SUBJECTS`, :func:`control_probes`), with the same answer. If
+the answer rises as much for them, the attack taught the answer, not the fact, and the probe says
+nothing about the edit.
+
 The attacked model is the edited model itself: all parameters are snapshot before training and
 written back afterwards (in a ``finally``), so the model leaves this module bit-for-bit as it came.
 """
@@ -20,6 +26,16 @@ from tqdm.auto import tqdm
 from excise.scoring import build_batch, score_targets, target_logprobs
 
 log = logging.getLogger(__name__)
+
+CONTROL_SUBJECTS = ("Zorbla Quaxton", "Vennick Throale", "Mirabet Oskelund")
+
+
+def control_probes(fact, subjects=CONTROL_SUBJECTS) -> list:
+    """``fact``'s prompt about made-up subjects, with ``fact``'s answer: what relearning would
+    raise for a fact the model never knew."""
+    from excise.facts import Probe
+
+    return [Probe(fact.prompt.format(subject), fact.target) for subject in subjects]
 
 
 def relearn(model, train, watch, steps: int = 20, lr: float = 5e-5, record_every: int | None = None,
