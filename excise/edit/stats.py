@@ -155,23 +155,25 @@ def key_inputs_hash(model, layers) -> dict[int, str]:
     Those are every parameter and buffer outside the blocks (embeddings; final norm and unembedding
     too, which is conservative), blocks ``0..layer-1``, and block ``layer`` except its MLP output
     projection (the keys are that projection's *input*). A tensor reachable under several names
-    (TransformerBridge registers each wrapped module twice) is hashed once, under its first name.
+    (TransformerBridge registers each wrapped module twice) is hashed once, and counts as
+    downstream only when every one of its names is in a later block.
     """
-    unique = {}  # (storage pointer, shape, dtype) -> first name
     state = model.original_model.state_dict()
+    aliases: dict[tuple, list[str]] = {}  # (storage pointer, shape, dtype) -> every name, sorted
     for name in sorted(state):
         tensor = state[name]
-        unique.setdefault((tensor.data_ptr(), tuple(tensor.shape), tensor.dtype), name)
-    digests = {name: _tensor_digest(name, state[name]) for name in unique.values()}
+        aliases.setdefault((tensor.data_ptr(), tuple(tensor.shape), tensor.dtype), []).append(name)
+    digests = {names[0]: _tensor_digest(names[0], state[names[0]]) for names in aliases.values()}
     prefixes = [_block_prefix(model, block) for block in range(model.cfg.n_layers)]
     hashes = {}
     for layer in layers:
         skip = {p.data_ptr() for p in mlp_out_module(model, layer).parameters()}
         later = tuple(prefixes[layer + 1:])
         digest = hashlib.sha256(f"keys of layer {layer}".encode())
-        for (pointer, _, _), name in sorted(unique.items(), key=lambda item: item[1]):
-            if pointer not in skip and not (later and name.startswith(later)):
-                digest.update(digests[name])
+        for (pointer, _, _), names in sorted(aliases.items(), key=lambda item: item[1][0]):
+            downstream = bool(later) and all(n.startswith(later) for n in names)
+            if pointer not in skip and not downstream:
+                digest.update(digests[names[0]])
         hashes[layer] = digest.hexdigest()
     return hashes
 
