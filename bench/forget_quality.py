@@ -8,10 +8,10 @@ paraphrases forgotten (``rome`` trains on the fact's paraphrases, so they are in
 neighbours kept, the subject's other facts kept, perplexity change on the held-out text, and
 seconds per fact. Two rows forget many facts together: ``memit batch`` (one least-squares update
 per layer for all of them) and ``rome sequence`` (one rank-one edit per fact, one after another);
-there a neighbour that is itself in the batch is not counted. Only facts the model knows (greedy decoding produces the
-target) are used, taken round-robin over the relations. Targets from the issue: efficacy >= 95%,
-paraphrases >= 85%, neighbours >= 95%, same-subject >= 90%, perplexity <= +2%; batch of 50:
-efficacy >= 90%, neighbours >= 90%.
+there a neighbour that is itself in the batch is not counted. Only facts the model knows (greedy
+decoding produces the target) are used, taken round-robin over the relations. Targets from the
+issue: efficacy >= 95%, paraphrases >= 85%, neighbours >= 95%, same-subject >= 90%, perplexity
+<= +2%; batch of 50: efficacy >= 90%, neighbours >= 90%.
 """
 
 from __future__ import annotations
