@@ -213,7 +213,12 @@ def weights_hash(model) -> str:
     digest = hashlib.sha256()
     hf_model = model.original_model
     for name, tensor in sorted(hf_model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        hash_tensor(digest, name, tensor)
     return digest.hexdigest()
+
+
+def hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
+    """Feed ``name``, the shape and the raw bytes of ``tensor`` into the hashlib ``digest``."""
+    digest.update(name.encode())
+    digest.update(str(tuple(tensor.shape)).encode())
+    digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())

@@ -179,9 +179,10 @@ def key_inputs_hash(model, layers) -> dict[int, str]:
 
 
 def _tensor_digest(name: str, tensor: torch.Tensor) -> bytes:
-    digest = hashlib.sha256(name.encode())
-    digest.update(str(tuple(tensor.shape)).encode())
-    digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    from excise.model import hash_tensor
+
+    digest = hashlib.sha256()
+    hash_tensor(digest, name, tensor)
     return digest.digest()
 
 
