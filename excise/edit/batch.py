@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from excise.components import MLP, mlp_out_module, out_proj_weight
 from excise.edit._common import mlp_keys, param_name, rewriting_prompts, subject_batch
-from excise.edit.rank_one import CONTRAST_WEIGHT, contrast_batch
+from excise.edit.rank_one import CONTRAST_WEIGHT, contrast_batch, with_contrast
 from excise.edit.record import Edit, EditError, make_edit
 from excise.edit.stats import SampleSpec, key_stats
 from excise.edit.value import ValueSettings, compute_value
@@ -82,8 +82,8 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
             residual = (z - _resid(model, last, batch, positions, groups, len(facts))) / (len(layers) - i)
             second_moment = stats[layer].second_moment
             if others is not None:
-                other_keys = mlp_keys_batched(model, layer, *others).to(second_moment.dtype)  # [n, d_mlp]
-                second_moment = second_moment + contrast_weight * other_keys.T @ other_keys / len(other_keys)
+                other_keys = mlp_keys_batched(model, layer, *others)  # [n, d_mlp]
+                second_moment = with_contrast(second_moment, other_keys, contrast_weight)
             update, reports[layer] = _least_squares(model, layer, keys, residual, second_moment,
                                                     update_weight, max_update_ratio)
             with torch.no_grad():

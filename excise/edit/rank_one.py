@@ -185,14 +185,20 @@ def protected_direction(layer: int, key: torch.Tensor, second_moment: torch.Tens
     Returns ``(u, denominator, C', weight used)``.
     """
     plain, plain_denominator = rank_one_direction(layer, key, second_moment, ridge)
-    others = others.to(second_moment.device, second_moment.dtype)
     while len(others) and weight >= 1e-2:
-        protected = second_moment + weight * (others.T @ others) / len(others)
+        protected = with_contrast(second_moment, others, weight)
         u, denominator = rank_one_direction(layer, key, protected, ridge)
         if u.norm() <= max_growth * plain.norm():
             return u, denominator, protected, weight
         weight /= 4
     return plain, plain_denominator, second_moment, 0.0
+
+
+def with_contrast(second_moment: torch.Tensor, others: torch.Tensor, weight: float) -> torch.Tensor:
+    """``C + weight * mean(k_o k_o^T)``: the key statistics with other subjects' keys ``others``
+    ``[n, d_mlp]`` counted as if they were ``weight`` times the whole text sample."""
+    others = others.to(second_moment.device, second_moment.dtype)
+    return second_moment + weight * (others.T @ others) / len(others)
 
 
 def balanced_key(model, layer: int, templates: list[str], subject: str) -> torch.Tensor:
