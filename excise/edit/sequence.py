@@ -65,8 +65,7 @@ def rome_sequence(model, facts, layer: int | None = None, *, progress: bool = Tr
                  "ratio": e.info["update"]["ratio"], "goal_met": e.info["value"]["goal_met"]}
                 for e in edits]
     components = sorted({c for e in edits for c in e.components})
-    settings = {k: v for k, v in edits[0].settings.items() if k != "layer"}
-    settings["layer"] = layer
+    settings = {**edits[0].settings, "layer": layer}
     info = {"edits": per_fact, "parameters": names,
             "key_tokens": edits[0].info.get("key_tokens")}
     log.info("rome_sequence: %d facts, %d parameters", len(facts), len(names))
