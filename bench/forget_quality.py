@@ -1,14 +1,15 @@
 """Forgetting quality of each editor on the default model, over the bundled fact sets.
 
-    python bench/forget_quality.py --limit 40 [--layer 4] [--baseline-limit 8] [--batch 50] [--sequence 50]
+    python bench/forget_quality.py --limit 40 [--layer 4] [--baseline-limit 8] [--batch 50]
+        [--memit-passes 1,2] [--sequence 50]
 
 For every method it prints one table row: efficacy (prompt forgotten per verify.criteria),
 paraphrases forgotten (``rome`` trains on the fact's paraphrases, so they are in-sample; the
 ``rome(held-out paraphrases)`` row edits on the first paraphrase only and scores the others),
 neighbours kept, the subject's other facts kept, perplexity change on the held-out text, and
-seconds per fact. Two rows forget many facts together: ``memit batch`` (one least-squares update
-per layer for all of them) and ``rome sequence`` (one rank-one edit per fact, one after another);
-there a neighbour that is itself in the batch is not counted. Only facts the model knows (greedy
+seconds per fact. Rows forget many facts together: ``memit N-pass batch`` (one least-squares
+update per layer for all of them, per pass; ``--memit-passes``) and ``rome sequence`` (one rank-one
+edit per fact, one after another); there a neighbour that is itself in the batch is not counted. Only facts the model knows (greedy
 decoding produces the target) are used, taken round-robin over the relations. Targets from the
 issue: efficacy >= 95%, paraphrases >= 85%, neighbours >= 95%, same-subject >= 90%, perplexity
 <= +2%; batch of 50: efficacy >= 90%, neighbours >= 90%.
@@ -130,6 +131,8 @@ def main():
     parser.add_argument("--batch", type=int, default=50, help="facts in the MEMIT batch (0: skip)")
     parser.add_argument("--sequence", type=int, default=50,
                         help="facts forgotten by one rank-one edit each, in sequence (0: skip)")
+    parser.add_argument("--memit-passes", default="1,2",
+                        help="comma-separated memit pass counts, one batch row each")
     parser.add_argument("--layer", type=int, default=4)
     parser.add_argument("--methods", default="all", help="comma-separated method names, or none")
     args = parser.parse_args()
@@ -157,9 +160,11 @@ def main():
             print(f"  after {fact.id}: " + table_row(name, len(facts[:n]), agg, seconds),
                   file=sys.stderr, flush=True)
         print(table_row(name, len(facts[:n]), agg, seconds / max(1, len(facts[:n]))), flush=True)
-    many = {"memit batch": (args.batch, lambda m, fs: memit(m, fs, progress=False)),
-            "rome sequence": (args.sequence, lambda m, fs: rome_sequence(m, fs, layer=args.layer,
-                                                                         progress=False))}
+    many = {f"memit {p}-pass batch": (args.batch, lambda m, fs, p=int(p): memit(m, fs, passes=p,
+                                                                                progress=False))
+            for p in args.memit_passes.split(",") if p}
+    many["rome sequence"] = (args.sequence, lambda m, fs: rome_sequence(m, fs, layer=args.layer,
+                                                                        progress=False))
     for name, (n, method) in many.items():
         if not n:
             continue

@@ -183,6 +183,28 @@ def test_memit_batch_touches_only_given_layers(tiny):
     assert weights_hash(tiny) == base
 
 
+def test_memit_second_pass_reedits_the_facts_the_first_left(tiny):
+    """A pass that barely moves the weights (huge ``update_weight``) leaves both facts; the second
+    pass edits them again on the edited model, and the Edit holds the sum of both passes."""
+    other = Fact(id="capital-germany", subject="Germany", prompt="The capital of {} is", target=" Berlin")
+    base = weights_hash(tiny)
+    kwargs = dict(layers=[0, 1], update_weight=1e6, settings=FAST, progress=False)
+    one = memit(tiny, [FACT, other], passes=1, **kwargs)
+    one.undo(tiny)
+    two = memit(tiny, [FACT, other], passes=2, **kwargs)
+    rounds = two.info["passes"]
+    assert [r["facts"] for r in rounds] == [[FACT.id, other.id]] * 2
+    assert rounds[0]["left"] == rounds[1]["facts"] and len(one.info["passes"]) == 1
+    for name, delta in two.deltas.items():  # the second pass adds to the first, same direction
+        first = one.deltas[name].flatten().double()
+        cosine = torch.nn.functional.cosine_similarity(delta.flatten().double(), first, dim=0)
+        assert delta.norm() > 1.5 * one.deltas[name].norm() and cosine > 0.9
+    two.undo(tiny)
+    assert weights_hash(tiny) == base
+    with pytest.raises(ValueError, match="at least one pass"):
+        memit(tiny, [FACT], passes=0, **kwargs)
+
+
 def test_key_statistics_stay_valid_after_edits_downstream_of_their_keys(tiny):
     """A rank-one edit at layer 1 leaves the keys of layers 0 and 1 as they were, not layer 2's."""
     from excise.components import mlp_in_module

@@ -33,7 +33,7 @@ from excise.components import MLP, mlp_out_module, out_proj_weight
 from excise.edit._common import mlp_keys, param_name, rewriting_prompts, subject_batch
 from excise.edit.record import Edit, EditError, make_edit
 from excise.edit.stats import SampleSpec, key_stats
-from excise.edit.value import ValueSettings, _objective_targets, compute_value
+from excise.edit.value import ValueSettings, compute_value, objective_target
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def rome(model, fact=None, layer: int | None = None, objective: str = "forget",
         raise ValueError("rome() needs a fact (or facts=[...] for a batch edit)")
     from excise.model import weights_hash
 
-    _objective_targets(fact, objective, new_target)
+    objective_target(fact, objective, new_target)
     base_hash = weights_hash(model)
     info = {}
     if layer is None:

@@ -73,7 +73,8 @@ class ValueSettings:
     essence_templates: tuple[str, ...] = ESSENCE_TEMPLATES
 
 
-def _objective_targets(fact, objective: str, new_target: str | None) -> str:
+def objective_target(fact, objective: str, new_target: str | None) -> str:
+    """The answer an edit works on: the fact's target to forget, or the new target to write."""
     if objective == "forget":
         return fact.target
     if objective == "replace":
@@ -114,7 +115,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     Returns ``delta`` and an info dict (prompts used, steps taken, losses, probabilities).
     """
     s = settings or ValueSettings()
-    answer = _objective_targets(fact, objective, new_target)
+    answer = objective_target(fact, objective, new_target)
     templates = fact_templates(model, fact, s.n_prefixes, s.paraphrases)
     module = mlp_out_module(model, layer)
     with frozen(model):
