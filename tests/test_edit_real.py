@@ -102,7 +102,7 @@ def test_memit_forgets_several_facts_at_once(real_model):
         gone = [bool(forgotten(_row(before, i), _row(after, i))[0]) for i in range(len(facts))]
         assert sum(gone) >= 3, (gone, after.rank[:len(facts)])
         assert kept(after)[len(facts):].sum() >= 2, after.rank[len(facts):]
-        assert set(edit.settings["layers"]) == set(range(4, 9))
+        assert edit.settings["layers"] == [3, 4, 5]
     finally:
         edit.undo(model)
     assert weights_hash(model) == base
