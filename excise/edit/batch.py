@@ -12,10 +12,9 @@ the text-start key, as in :func:`~excise.edit.rank_one.balanced_key`) and remain
 which maps every new key close to its share of the residual while keeping the outputs of the
 keys the model usually sees (second moment ``C``, weighted by ``lambda``) unchanged.
 
-One such update of every layer is a *pass*. Some facts survive a pass (their value was met at
-the last layer only in the optimisation, or the least squares spread it thinly); with
-``passes=2`` (the default) those facts get a second pass on the edited model, keeping ``C`` of
-the unedited one.
+One such update of every layer is a *pass*. Some facts survive a pass (``lambda C`` keeps the
+update from giving every key its whole residual); with ``passes=2`` (the default) those facts get
+a second pass on the edited model, keeping ``C`` of the unedited one.
 """
 
 from __future__ import annotations
@@ -39,14 +38,15 @@ log = logging.getLogger(__name__)
 DEFAULT_SPREAD = 3
 CONTRAST_PER_FACT = 4
 DEFAULT_PASSES = 2
-"""Passes of :func:`memit`. Forgetting 50 bundled facts at once on the default model
-(``bench/forget_quality.py --batch 50``, efficacy / paraphrases / neighbours kept / same subject
-kept / perplexity): one pass 80.0 / 64.8 / 79.5 / 53.7% / +1.06%; two passes (10 facts left after
-the first, 4 after the second) 92.0 / 79.6 / 71.9 / 51.2% / +1.00%. The second pass reaches the
-efficacy the user asked for at the cost of 8 points of neighbours; every setting measured lies on
-the same trade-off (``lambda`` 1000, one pass: 86 / 73 / 76 / 54%; contrast weight 50: 92 / 80 /
-73 / 51%; three passes at ``lambda`` 4000: 90 / 78 / 70 / 56%; layers 2-6: 88 / 74 / 76 / 51%).
-Use ``passes=1`` to favour the neighbours."""
+"""Passes of :func:`memit`. Forgetting 50 bundled facts at once on the default model, default
+layers (``bench/forget_quality.py --batch 50``; efficacy / paraphrases / neighbours kept / same
+subject kept / perplexity): one pass 70.0 / 65.5 / 80.1 / 61.0% / +0.32%; two passes (15 facts
+left after the first, 4 after the second) 92.0 / 78.2 / 76.0 / 61.0% / +0.37%. The second pass
+reaches the efficacy the user asked for at the cost of 4 points of neighbours. Other settings
+measured (two passes unless said) lie on the same trade-off or below it: layers 4-8, one pass
+80 / 65 / 80 / 54%, two passes 92 / 80 / 72 / 51%, with a 5x contrast weight 92 / 80 / 73 / 51%,
+three passes at ``lambda`` 4000 90 / 78 / 70 / 56%; layers 2-6 88 / 74 / 76 / 51%. Use
+``passes=1`` to favour the neighbours."""
 
 
 def default_layers(model, spread: int = DEFAULT_SPREAD) -> list[int]:
@@ -70,11 +70,12 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
 
     ``update_weight`` (``lambda`` above) trades efficacy against collateral damage. Forgetting 50
     bundled facts at once on the default model (``bench/forget_quality.py``, neighbours that are
-    themselves in the batch not counted), before contrast keys: ``lambda`` 15000 (MEMIT's GPT-J
-    setting) forgets 34% and keeps 80% of neighbours; 2000 86% / 71%; 800 90% / 53%.
-    ``contrast`` other subjects per fact (see :func:`~excise.edit.rank_one.contrast_subjects`),
-    in the fact's prompt, join ``C`` with weight ``contrast_weight`` so the update spares them;
-    with the defaults (4, 10) ``lambda`` 2000 gives 80% / 80% and 1000 86% / 76%.
+    themselves in the batch not counted; one pass at layers 4-8), before contrast keys: ``lambda``
+    15000 (MEMIT's GPT-J setting) forgets 34% and keeps 80% of neighbours; 2000 86% / 71%; 800
+    90% / 53%. ``contrast`` other subjects per fact (see
+    :func:`~excise.edit.rank_one.contrast_subjects`), in the fact's prompt, join ``C`` with weight
+    ``contrast_weight`` so the update spares them; with the defaults (4, 10) ``lambda`` 2000 gives
+    80% / 80% and 1000 86% / 76%.
 
     ``passes``: after each pass, the facts whose prompt is not yet done (forgotten per
     :func:`~excise.verify.criteria.forgotten`, or the new target first for ``"replace"``) get

@@ -13,8 +13,8 @@ Sequential rank-one editing is the baseline batch editors exist to beat: each ed
 little onto other subjects, and the leaks add up. Forgetting 50 bundled facts at layer 4 of the
 default model (``bench/forget_quality.py --sequence 50``) forgets every one of them (paraphrases
 99%) but keeps only 21% of their neighbours and 37% of the subjects' other facts, with perplexity
-+10.8%; :func:`~excise.edit.batch.memit` forgets 92% and keeps 72% of neighbours (two passes;
-one pass: 80% / 80%).
++10.8%; :func:`~excise.edit.batch.memit` forgets 92% and keeps 76% of neighbours (two passes;
+one pass: 70% / 80%).
 """
 
 from __future__ import annotations
