@@ -60,3 +60,23 @@ def test_forget_cli_ablate(tiny_folders, tmp_path):
     assert main(args) == 0
     edit = json.loads((out / "excise_edit" / "edit.json").read_text())
     assert edit["method"] == "ablate" and len(edit["components"]) == 5
+
+
+def test_forget_cli_memit_takes_its_last_layer_and_passes(tiny_folders, tmp_path):
+    """``--layer L`` ends memit's default spread of layers at ``L``; ``--passes`` reaches memit."""
+    from excise.cli import main
+    from excise.edit.batch import DEFAULT_SPREAD
+
+    other = Fact(id="capital-germany", subject="Germany", prompt="The capital of {} is", target=" Berlin")
+    facts = write_facts([FACT, other], tmp_path / "facts.jsonl")
+    out = tmp_path / "batch"
+    args = ["forget", "--facts", str(facts), "--model", str(tiny_folders["llama"]), "--method",
+            "memit", "--layer", "2", "--passes", "1", "--save", str(out)]
+    assert main(args) == 0
+    edit = json.loads((out / "excise_edit" / "edit.json").read_text())
+    assert edit["method"] == "memit" and edit["fact_ids"] == [FACT.id, other.id]
+    assert edit["settings"]["passes"] == 1
+    assert edit["settings"]["layers"] == list(range(max(0, 3 - DEFAULT_SPREAD), 3))
+    zero = ["forget", "--facts", str(facts), "--model", str(tiny_folders["llama"]), "--method",
+            "memit", "--passes", "0", "--save", str(tmp_path / "none")]
+    assert main(zero) == 2

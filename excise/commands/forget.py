@@ -1,7 +1,8 @@
 """``excise forget``: edit facts out of a model and write the edited model as a Hugging Face folder.
 
     excise forget --facts FILE.jsonl [--ids a,b] [--method rome|memit|ablate|finetune]
-                  [--model M] [--layer L] [--corpus TEXT] --save FOLDER [--report FILE.json]
+                  [--model M] [--layer L] [--passes N] [--corpus TEXT] --save FOLDER
+                  [--report FILE.json]
 
 Several facts are edited at once (rome becomes a MEMIT batch edit). FOLDER receives the edited
 model (loadable with plain ``transformers``) and the Edit in ``FOLDER/excise_edit/``; ``--report``
@@ -25,7 +26,11 @@ def register(sub) -> None:
     parser.add_argument("--ids", help="comma-separated fact ids (default: every fact in the file)")
     parser.add_argument("--method", choices=METHODS, default="rome")
     parser.add_argument("--model", default=None, help="model folder or hub id (default: SmolLM2)")
-    parser.add_argument("--layer", type=int, default=None, help="MLP layer for rome (default: traced)")
+    parser.add_argument("--layer", type=int, default=None,
+                        help="MLP layer for rome (default: traced); for memit, its last layer")
+    parser.add_argument("--passes", type=int, default=None,
+                        help="memit passes (default: excise.edit.batch.DEFAULT_PASSES; 1 spares "
+                             "more neighbours, forgets fewer facts)")
     parser.add_argument("--top", type=int, default=20, help="neurons to ablate per fact (ablate only)")
     parser.add_argument("--corpus", default=None, help="text file for key statistics / means")
     parser.add_argument("--save", required=True, help="empty folder for the edited model")
@@ -51,7 +56,8 @@ def run(args) -> int:
     if save.is_dir() and any(save.iterdir()) and not args.overwrite:
         raise ValueError(f"{save} is not empty; choose an empty folder or pass --overwrite")
     model = load_model(args.model)
-    edit = edit_facts(model, facts, args.method, layer=args.layer, corpus=args.corpus, top=args.top)
+    edit = edit_facts(model, facts, args.method, layer=args.layer, corpus=args.corpus, top=args.top,
+                      passes=args.passes)
     save_model(model, save, overwrite=args.overwrite)
     edit.save(save / "excise_edit")
     if args.report:
@@ -61,15 +67,19 @@ def run(args) -> int:
     return 0
 
 
-def edit_facts(model, facts, method: str, layer=None, corpus=None, top: int = 20):
-    """Run ``method`` on ``facts`` (all at once when several) and return the applied Edit."""
+def edit_facts(model, facts, method: str, layer=None, corpus=None, top: int = 20, passes=None):
+    """Run ``method`` on ``facts`` (all at once when several) and return the applied Edit.
+
+    For memit, ``layer`` is the last of :data:`~excise.edit.batch.DEFAULT_SPREAD` layers."""
     from excise.edit import ablate, finetune, memit, rome
+    from excise.edit.batch import DEFAULT_PASSES, DEFAULT_SPREAD
 
     if method == "rome" and len(facts) == 1:
         return rome(model, facts[0], layer=layer, corpus=corpus)
     if method in ("rome", "memit"):
-        layers = None if layer is None else list(range(max(0, layer - 4), layer + 1))
-        return memit(model, facts, layers=layers, corpus=corpus)
+        layers = None if layer is None else list(range(max(0, layer + 1 - DEFAULT_SPREAD), layer + 1))
+        passes = DEFAULT_PASSES if passes is None else passes
+        return memit(model, facts, layers=layers, corpus=corpus, passes=passes)
     if method == "finetune":
         return finetune(model, facts)
     from excise.edit.ablation import attributed_neurons
