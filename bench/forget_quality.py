@@ -11,9 +11,9 @@ seconds per fact. Rows forget many facts together: ``memit N-pass batch`` (one l
 update per layer for all of them, per pass; ``--memit-passes``) and ``rome sequence`` (one
 rank-one edit per fact, one after another); there a neighbour that is itself in the batch is not
 counted. Only facts the model knows (greedy decoding produces the target) are used, taken
-round-robin over the relations. Targets from the
-issue: efficacy >= 95%, paraphrases >= 85%, neighbours >= 95%, same-subject >= 90%, perplexity
-<= +2%; batch of 50: efficacy >= 90%, neighbours >= 90%.
+round-robin over the relations. Targets from the issue: efficacy >= 95%, paraphrases >= 85%,
+neighbours >= 95%, same-subject >= 90%, perplexity <= +2%; batch of 50: efficacy >= 90%,
+neighbours >= 90%.
 """
 
 from __future__ import annotations
