@@ -108,6 +108,10 @@ class Scores:
     def __len__(self) -> int:
         return len(self.logprob)
 
+    def take(self, rows) -> Scores:
+        """The scores of ``rows`` (indices, a slice or a mask), in that order."""
+        return Scores(self.logprob[rows], self.rank[rows], self.known[rows])
+
 
 @torch.no_grad()
 def score_targets(

@@ -75,9 +75,7 @@ def test_rome_sequence_keeps_earlier_edits_and_its_leaks_add_up(real_model):
 
 
 def _row(scores, i):
-    from excise.scoring import Scores
-
-    return Scores(scores.logprob[i:i + 1], scores.rank[i:i + 1], scores.known[i:i + 1])
+    return scores.take(slice(i, i + 1))
 
 
 def test_memit_forgets_several_facts_at_once(real_model):

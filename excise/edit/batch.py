@@ -30,7 +30,7 @@ from excise.edit.rank_one import CONTRAST_WEIGHT, contrast_batch, with_contrast
 from excise.edit.record import Edit, EditError, make_edit
 from excise.edit.stats import SampleSpec, key_stats
 from excise.edit.value import ValueSettings, compute_value, objective_target
-from excise.scoring import Scores, score_targets
+from excise.scoring import score_targets
 from excise.verify.criteria import forgotten
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,7 @@ class _PromptGoal:
         if self.objective == "replace":
             done = after.known
         else:
-            done = forgotten(Scores(self.before.logprob[rows], self.before.rank[rows],
-                                    self.before.known[rows]), after)
+            done = forgotten(self.before.take(rows), after)
         return [f for f, ok in zip(facts, done.tolist()) if not ok]
 
 

@@ -54,11 +54,7 @@ def score_facts(model, facts, batch_size: int = 32) -> list[dict[str, Scores]]:
     out = [{g: [] for g in GROUPS} for _ in facts]
     for row, (i, group) in enumerate(slots):
         out[i][group].append(row)
-    return [{g: _take(scores, rows) for g, rows in per.items()} for per in out]
-
-
-def _take(scores: Scores, rows: list[int]) -> Scores:
-    return Scores(scores.logprob[rows], scores.rank[rows], scores.known[rows])
+    return [{g: scores.take(rows) for g, rows in per.items()} for per in out]
 
 
 def scores_dict(scores: Scores) -> dict:
