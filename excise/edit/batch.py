@@ -42,11 +42,11 @@ DEFAULT_PASSES = 2
 layers (``bench/forget_quality.py --batch 50``; efficacy / paraphrases / neighbours kept / same
 subject kept / perplexity): one pass 70.0 / 65.5 / 80.1 / 61.0% / +0.32%; two passes (15 facts
 left after the first, 4 after the second) 92.0 / 78.2 / 76.0 / 61.0% / +0.37%. The second pass
-reaches the efficacy the user asked for at the cost of 4 points of neighbours. Other settings
-measured (two passes unless said) lie on the same trade-off or below it: layers 4-8, one pass
-80 / 65 / 80 / 54%, two passes 92 / 80 / 72 / 51%, with a 5x contrast weight 92 / 80 / 73 / 51%,
-three passes at ``lambda`` 4000 90 / 78 / 70 / 56%; layers 2-6 88 / 74 / 76 / 51%. Use
-``passes=1`` to favour the neighbours."""
+reaches the efficacy the user asked for at the cost of 4 points of neighbours. At layers 4-8 the
+other settings measured lie on the same trade-off or below it: one pass 80 / 65 / 80 / 54%, two
+passes 92 / 80 / 72 / 51%, two with a 5x contrast weight 92 / 80 / 73 / 51%, three at ``lambda``
+4000 90 / 78 / 70 / 56% (other layers: :func:`default_layers`). Use ``passes=1`` to favour the
+neighbours."""
 
 
 def default_layers(model, spread: int = DEFAULT_SPREAD) -> list[int]:
