@@ -60,6 +60,10 @@ def test_forget_cli_ablate(tiny_folders, tmp_path):
     assert main(args) == 0
     edit = json.loads((out / "excise_edit" / "edit.json").read_text())
     assert edit["method"] == "ablate" and len(edit["components"]) == 5
+    passes = ["forget", "--facts", str(facts), "--model", str(tiny_folders["neox"]), "--method",
+              "ablate", "--passes", "2", "--save", str(tmp_path / "refused")]
+    assert main(passes) == 2  # only memit has passes
+    assert not (tmp_path / "refused").exists()
 
 
 def test_forget_cli_memit_takes_its_last_layer_and_passes(tiny_folders, tmp_path):

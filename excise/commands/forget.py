@@ -52,6 +52,9 @@ def run(args) -> int:
         if missing:
             raise KeyError(f"no fact with id {missing[0]!r} in {args.facts}")
         facts = [by_id[i] for i in wanted]
+    if args.passes is not None and not runs_memit(args.method, len(facts)):
+        raise ValueError(f"--passes is a setting of memit (several facts at once); {args.method} on "
+                         f"{len(facts)} fact(s) has no passes: drop --passes")
     save = Path(args.save).expanduser()
     if save.is_dir() and any(save.iterdir()) and not args.overwrite:
         raise ValueError(f"{save} is not empty; choose an empty folder or pass --overwrite")
@@ -67,19 +70,24 @@ def run(args) -> int:
     return 0
 
 
+def runs_memit(method: str, n_facts: int) -> bool:
+    """Whether ``method`` on ``n_facts`` facts is a memit batch edit (rome on several facts is)."""
+    return method == "memit" or (method == "rome" and n_facts > 1)
+
+
 def edit_facts(model, facts, method: str, layer=None, corpus=None, top: int = 20, passes=None):
     """Run ``method`` on ``facts`` (all at once when several) and return the applied Edit.
 
     For memit, ``layer`` is the last of :data:`~excise.edit.batch.DEFAULT_SPREAD` layers."""
     from excise.edit import ablate, finetune, memit, rome
-    from excise.edit.batch import DEFAULT_PASSES, DEFAULT_SPREAD
+    from excise.edit.batch import DEFAULT_SPREAD
 
-    if method == "rome" and len(facts) == 1:
-        return rome(model, facts[0], layer=layer, corpus=corpus)
-    if method in ("rome", "memit"):
+    if runs_memit(method, len(facts)):
         layers = None if layer is None else list(range(max(0, layer + 1 - DEFAULT_SPREAD), layer + 1))
-        passes = DEFAULT_PASSES if passes is None else passes
-        return memit(model, facts, layers=layers, corpus=corpus, passes=passes)
+        chosen = {} if passes is None else {"passes": passes}
+        return memit(model, facts, layers=layers, corpus=corpus, **chosen)
+    if method == "rome":
+        return rome(model, facts[0], layer=layer, corpus=corpus)
     if method == "finetune":
         return finetune(model, facts)
     from excise.edit.ablation import attributed_neurons
