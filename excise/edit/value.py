@@ -59,6 +59,10 @@ class ValueSettings:
     edit is simulated exactly (``direction=`` in :func:`compute_value`), where it penalises a
     rank-one direction that also fires on ordinary text. ``essence_templates``: prompts about
     the subject alone whose predictions a KL term keeps (minus the target, when forgetting).
+
+    Single-fact rome at layer 4 on 24 bundled facts (``bench/forget_quality.py --limit 24``)
+    keeps 78.4% of the subject's other facts; a 4x ``kl_weight`` changes no number of the bench,
+    and three more essence templates (five) keep 81.1% at 1.5x the time.
     """
 
     n_prefixes: int = 4
