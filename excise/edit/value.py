@@ -62,7 +62,9 @@ class ValueSettings:
 
     Single-fact rome at layer 4 on 24 bundled facts (``bench/forget_quality.py --limit 24``)
     keeps 78.4% of the subject's other facts; a 4x ``kl_weight`` changes no number of the bench,
-    and three more essence templates (five) keep 81.1% at 1.5x the time.
+    and three more essence templates (five) keep 81.1% at 1.5x the time. Twice the ``steps``
+    (50) forgets no more facts (91.7%: "{} is located in the continent of" for France and Germany
+    stays unmet at either budget) at 1.9x the time.
     """
 
     n_prefixes: int = 4
