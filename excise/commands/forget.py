@@ -71,7 +71,7 @@ def run(args) -> int:
 
 
 def runs_memit(method: str, n_facts: int) -> bool:
-    """Whether ``method`` on ``n_facts`` facts is a memit batch edit (rome on several facts is)."""
+    """Whether ``method`` on ``n_facts`` facts runs memit (rome does, for more than one fact)."""
     return method == "memit" or (method == "rome" and n_facts > 1)
 
 
