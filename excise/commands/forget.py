@@ -80,10 +80,10 @@ def edit_facts(model, facts, method: str, layer=None, corpus=None, top: int = 20
 
     For memit, ``layer`` is the last of :data:`~excise.edit.batch.DEFAULT_SPREAD` layers."""
     from excise.edit import ablate, finetune, memit, rome
-    from excise.edit.batch import DEFAULT_SPREAD
+    from excise.edit.batch import layers_ending_at
 
     if runs_memit(method, len(facts)):
-        layers = None if layer is None else list(range(max(0, layer + 1 - DEFAULT_SPREAD), layer + 1))
+        layers = None if layer is None else layers_ending_at(layer)
         chosen = {} if passes is None else {"passes": passes}
         return memit(model, facts, layers=layers, corpus=corpus, **chosen)
     if method == "rome":

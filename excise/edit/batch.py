@@ -64,7 +64,11 @@ def default_layers(model, spread: int = DEFAULT_SPREAD) -> list[int]:
     nearer MEMIT's GPT-J choice) 92% / 72% / 51% / +1.00%; layers 2-6 88% / 76% / 51% / +0.70%.
     Single rank-one edits are also most specific around layer 4 (see ``rank_one``).
     """
-    last = max(0, min(model.cfg.n_layers - 1, round(model.cfg.n_layers / 6)))
+    return layers_ending_at(max(0, min(model.cfg.n_layers - 1, round(model.cfg.n_layers / 6))), spread)
+
+
+def layers_ending_at(last: int, spread: int = DEFAULT_SPREAD) -> list[int]:
+    """``spread`` consecutive layers ending at ``last`` (fewer when they would start below 0)."""
     return list(range(max(0, last - spread + 1), last + 1))
 
 
