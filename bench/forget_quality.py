@@ -3,7 +3,7 @@
     python bench/forget_quality.py --limit 40 [--layer 4] [--baseline-limit 8] [--batch 50]
         [--memit-passes 1,2] [--sequence 50]
 
-For every method it prints one table row: efficacy (prompt forgotten per verify.criteria),
+For every method it prints one table row: efficacy (prompt forgotten per excise.criteria),
 paraphrases forgotten (``rome`` trains on the fact's paraphrases, so they are in-sample; the
 ``rome(held-out paraphrases)`` row edits on the first paraphrase only and scores the others),
 neighbours kept, the subject's other facts kept, perplexity change on the held-out text, and
@@ -27,27 +27,14 @@ from dataclasses import replace
 
 import torch
 
+from excise.comparison import GROUPS, compare
 from excise.edit import ablate, finetune, memit, rome
-from excise.edit.ablation import attributed_neurons
 from excise.edit.sequence import rome_sequence
 from excise.facts import load_facts
+from excise.locate import attributed_neurons
 from excise.model import load_model
 from excise.scoring import score_targets
 from excise.text import perplexity
-from excise.verify.criteria import forgotten, kept
-from excise.verify.metrics import fact_pairs
-
-KINDS = {"prompt": "prompt", "paraphrases": "paraphrase", "neighbors": "neighbor",
-         "same_subject": "same_subject"}
-
-
-def probes(fact, others=()):
-    """``(kind, prompt, target)`` rows of ``fact`` (see :func:`excise.verify.metrics.fact_pairs`)."""
-    return [(KINDS[group], p, t) for group, pairs in fact_pairs(fact, others).items() for p, t in pairs]
-
-
-def score(model, rows):
-    return score_targets(model, [p for _, p, _ in rows], [t for _, _, t in rows])
 
 
 def pick_facts(model, limit):
@@ -89,23 +76,15 @@ def single_fact_methods(args):
 
 
 def evaluate(model, edit, facts, ppl0, with_ppl=True):
-    """Forgotten / kept counts per probe kind. In a batch, a neighbour or same-subject probe that
-    states another fact of the batch is meant to be forgotten too, so it is not counted as kept."""
+    """Forgotten / kept counts per probe group (:meth:`excise.comparison.Comparison.tally`). In a
+    batch, a neighbour or same-subject probe that states another fact of the batch is meant to be
+    forgotten too, so it is not counted as kept."""
     totals = defaultdict(lambda: [0, 0])
-    for fact in facts:
-        rows = probes(fact, [f for f in facts if f is not fact])
-        after = score(model, rows)
-        with edit.reverted(model):
-            before = score(model, rows)
-        gone, still = forgotten(before, after), kept(after)
-        was_known = before.known
-        for i, (kind, _, _) in enumerate(rows):
-            if kind in ("prompt", "paraphrase"):
-                totals[kind][0] += int(gone[i])
-                totals[kind][1] += 1
-            elif was_known[i]:  # only answers the model knew before can be kept
-                totals[kind][0] += int(still[i])
-                totals[kind][1] += 1
+    for comparison in compare(model, facts, before=edit.reverted(model)):
+        for group in GROUPS:
+            hit, total = comparison.tally(group)
+            totals[group][0] += hit
+            totals[group][1] += total
     if with_ppl:
         totals["ppl"] = [perplexity(model) / ppl0 - 1, 1]
     return totals
@@ -117,7 +96,7 @@ def table_row(name, n, agg, seconds):
         return f"{100 * hit / total:5.1f}% ({total:3d})" if total else "   n/a     "
     ppl = agg.get("ppl")
     ppl_text = f"{100 * ppl[0] / ppl[1]:+6.2f}%" if ppl and ppl[1] else "   n/a"
-    return (f"| {name:28s} | {n:3d} | {pct('prompt')} | {pct('paraphrase')} | {pct('neighbor')} | "
+    return (f"| {name:28s} | {n:3d} | {pct('prompt')} | {pct('paraphrases')} | {pct('neighbors')} | "
             f"{pct('same_subject')} | {ppl_text} | {seconds:6.1f} |")
 
 

@@ -53,9 +53,9 @@ def main() -> None:
           f"TL on layers {layers if not args.full else 'all'}")
     print(f"{'site':10} {'TL s (full grid)':>16} {'excise s':>9} {'ratio':>7} {'max |diff|':>11}")
     tl_block = 0.0
-    sites = [("resid_pre", "resid_pre", tlp.layer_pos_patch_setter, "pos"),
-             ("attn_out", "attn_out", tlp.layer_pos_patch_setter, "pos"),
-             ("mlp_out", "mlp_out", tlp.layer_pos_patch_setter, "pos"),
+    sites = [("resid", "resid_pre", tlp.layer_pos_patch_setter, "pos"),
+             ("attn", "attn_out", tlp.layer_pos_patch_setter, "pos"),
+             ("mlp", "mlp_out", tlp.layer_pos_patch_setter, "pos"),
              ("head", "z", tlp.layer_head_vector_patch_setter, "head")]
     for site, act, setter, axis in sites:
         width = pos if axis == "pos" else model.cfg.n_heads

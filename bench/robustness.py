@@ -19,8 +19,8 @@ import time
 from collections import defaultdict
 
 from excise.edit import ablate, finetune, rome
-from excise.edit.ablation import attributed_neurons
 from excise.facts import load_facts
+from excise.locate import attributed_neurons
 from excise.model import load_model
 from excise.verify import verify
 
@@ -70,7 +70,7 @@ def run(model, facts, args) -> dict[str, list]:
 def summarize(rows) -> dict[str, dict]:
     table = {}
     for name, reports in rows.items():
-        gone = [r for r in reports if r.summary["prompt_forgotten"]]
+        gone = [r for r in reports if r.summary.prompt_forgotten]
         entry = {"forgotten": f"{len(gone)}/{len(reports)}"}
         shares = []
         for probe in PROBES:

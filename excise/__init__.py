@@ -3,6 +3,7 @@
 Find where a model stores a fact (:mod:`excise.locate`), rewrite only those components
 (:mod:`excise.edit`), and prove the fact is gone while everything else still works
 (:mod:`excise.verify`). Heavy imports (torch, transformers) happen on first use, not at import.
+The package map is in ``ARCHITECTURE.md``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ _EXPORTS = {
     "write_facts": "excise.facts",
     "score_targets": "excise.scoring",
     "score_fact": "excise.scoring",
+    "forgotten": "excise.criteria",
+    "kept": "excise.criteria",
+    "compare": "excise.comparison",
+    "Comparison": "excise.comparison",
     "MLP": "excise.components",
     "Neuron": "excise.components",
     "Head": "excise.components",
@@ -27,10 +32,13 @@ _EXPORTS = {
     "causal_trace": "excise.locate.trace",
     "Localization": "excise.locate.localization",
     "rome": "excise.edit.rank_one",
+    "memit": "excise.edit.batch",
     "ablate": "excise.edit.ablation",
-    "verify": "excise.verify.core",
+    "run_demo": "excise.commands.workflows",
 }
+_SUBMODULES = ("locate", "edit", "verify")
+"""``excise.verify`` is the verify stage and, called, :func:`excise.verify.verify`."""
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
 
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBMODULES)

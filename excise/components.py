@@ -15,10 +15,13 @@ i"), which works for GPT-2, Llama (gated MLP) and GPT-NeoX alike.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from excise.hooks import act_name
 
 
 @dataclass(frozen=True, order=True)
@@ -33,7 +36,7 @@ class MLP:
 
     @property
     def hook_name(self) -> str:
-        return f"blocks.{self.layer}.hook_mlp_out"
+        return act_name("mlp", self.layer)
 
 
 @dataclass(frozen=True, order=True)
@@ -49,7 +52,7 @@ class Neuron:
 
     @property
     def hook_name(self) -> str:
-        return f"blocks.{self.layer}.mlp.hook_post"
+        return act_name("neuron", self.layer)
 
 
 @dataclass(frozen=True, order=True)
@@ -65,7 +68,7 @@ class Head:
 
     @property
     def hook_name(self) -> str:
-        return f"blocks.{self.layer}.attn.hook_z"
+        return act_name("head", self.layer)
 
 
 Component = MLP | Neuron | Head
@@ -110,6 +113,17 @@ def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D"
 
 
+def weight_view(module: nn.Module) -> torch.Tensor:
+    """A projection's live weight as ``[d_in, d_out]`` ("input row i writes row i"), whatever the
+    layout (GPT-2 ``Conv1D`` stores it so; ``nn.Linear`` stores the transpose)."""
+    return module.weight if _is_conv1d(module) else module.weight.T
+
+
+def weight_from_view(module: nn.Module, view: torch.Tensor) -> torch.Tensor:
+    """The value of ``module.weight`` in its own layout for a new ``[d_in, d_out]`` ``view``."""
+    return view if _is_conv1d(module) else view.T.contiguous()
+
+
 def mlp_in_module(model, layer: int) -> nn.Module:
     """The live MLP input projection (``up_proj`` / ``c_fc`` / ``dense_h_to_4h``)."""
     return _live_linear(model.blocks[layer].mlp.__getattr__("in"))
@@ -130,20 +144,17 @@ def out_proj_weight(model, layer: int) -> torch.Tensor:
 
     In-place writes to the returned tensor change the model (it is a view of the parameter).
     """
-    module = mlp_out_module(model, layer)
-    return module.weight if _is_conv1d(module) else module.weight.T
+    return weight_view(mlp_out_module(model, layer))
 
 
 def in_proj_weight(model, layer: int) -> torch.Tensor:
     """The MLP input projection of ``layer`` as a live ``[d_model, d_mlp]`` view."""
-    module = mlp_in_module(model, layer)
-    return module.weight if _is_conv1d(module) else module.weight.T
+    return weight_view(mlp_in_module(model, layer))
 
 
 def attn_out_weight(model, layer: int) -> torch.Tensor:
     """The attention output projection as a live ``[n_heads * d_head, d_model]`` view."""
-    module = attn_out_module(model, layer)
-    return module.weight if _is_conv1d(module) else module.weight.T
+    return weight_view(attn_out_module(model, layer))
 
 
 def out_proj_bias(model, layer: int) -> torch.Tensor | None:
@@ -169,3 +180,25 @@ def parameter_names(model, components) -> list[str]:
         else:
             wanted.add(id(mlp_out_module(model, component.layer).weight))
     return [name for name, p in model.original_model.named_parameters() if id(p) in wanted]
+
+
+def param_name(model, param: torch.Tensor) -> str:
+    """The name of live parameter ``param`` in ``model.original_model.named_parameters()``."""
+    for name, candidate in model.original_model.named_parameters():
+        if candidate is param:
+            return name
+    raise KeyError("parameter not found in model.original_model")
+
+
+@contextmanager
+def frozen(model):
+    """Turn off ``requires_grad`` on every parameter inside ``with`` (restored on exit)."""
+    params = list(model.original_model.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)

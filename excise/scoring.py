@@ -5,10 +5,8 @@ forcing: ``log p(t1 | prompt) + log p(t2 | prompt, t1) + ...``. A fact counts as
 decoding would produce the whole target (every target token is the argmax at its position); its
 *rank* is the rank of the first target token among the vocabulary (0 = top).
 
-Prompts are tokenized as TransformerLens does (``model.to_tokens``: BOS prepended when the model's
-config asks for it) and targets without special tokens, so "prompt" + "target" is scored exactly
-as the model sees a prompt followed by its answer. Batches are right-padded: in a causal model no
-real token attends to padding after it, so no attention mask is needed.
+Prompts and targets are tokenized and padded by :mod:`excise.tokens`, so "prompt" + "target" is
+scored exactly as the model sees a prompt followed by its answer.
 """
 
 from __future__ import annotations
@@ -17,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from excise.tokens import check_length, encode_prompt, encode_target, pad_rows
 
 
 @dataclass
@@ -40,18 +40,15 @@ class PromptBatch:
     def last_prompt_positions(self) -> torch.Tensor:
         return torch.tensor([n - 1 for n in self.prompt_lengths], device=self.tokens.device)
 
+    @property
+    def first_target_ids(self) -> torch.Tensor:
+        """``[batch]`` first target token of each row."""
+        return torch.tensor([ids[0] for ids in self.target_ids], device=self.tokens.device)
 
-def encode_prompt(model, text: str) -> list[int]:
-    """Token ids of a prompt as the model sees it (BOS prepended when the model expects it)."""
-    return model.to_tokens(text, truncate=False)[0].tolist()
-
-
-def encode_target(model, text: str) -> list[int]:
-    """Token ids of an answer continuing a prompt (no special tokens)."""
-    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"target {text!r} encodes to no tokens")
-    return list(ids)
+    def first_answer_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[batch, d_vocab]`` log-probabilities at each row's last prompt position."""
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        return logits[rows, self.last_prompt_positions].float().log_softmax(-1)
 
 
 def build_batch(model, prompts: Sequence[str], targets: Sequence[str]) -> PromptBatch:
@@ -61,19 +58,20 @@ def build_batch(model, prompts: Sequence[str], targets: Sequence[str]) -> Prompt
     prompt_ids = [encode_prompt(model, p) for p in prompts]
     target_ids = [encode_target(model, t) for t in targets]
     rows = [p + t[:-1] for p, t in zip(prompt_ids, target_ids)]
-    n_ctx = model.cfg.n_ctx
-    too_long = [i for i, r in enumerate(rows) if len(r) > n_ctx]
-    if too_long:
-        raise ValueError(
-            f"prompt {too_long[0]} ({len(rows[too_long[0]])} tokens with its target) exceeds the "
-            f"model's context length of {n_ctx} tokens; shorten it"
-        )
-    width = max(len(r) for r in rows)
-    pad = model.tokenizer.pad_token_id or 0
-    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
     for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row)
-    return PromptBatch(tokens.to(model.cfg.device), [len(p) for p in prompt_ids], target_ids)
+        check_length(model, len(row), f"prompt {i} ({prompts[i]!r}) with its target")
+    tokens, _ = pad_rows(model, rows)
+    return PromptBatch(tokens, [len(p) for p in prompt_ids], target_ids)
+
+
+def target_logprob(logits: torch.Tensor, target_ids: list[int]) -> torch.Tensor:
+    """Sequence log-probability ``[batch]`` of one target from logits at its read positions.
+
+    ``logits`` is ``[batch, n_target, d_vocab]``: position ``j`` predicts ``target_ids[j]``.
+    """
+    logprobs = logits.float().log_softmax(-1)
+    index = torch.tensor(target_ids, device=logits.device)
+    return logprobs[:, torch.arange(len(target_ids)), index].sum(-1)
 
 
 def target_logprobs(logits: torch.Tensor, batch: PromptBatch) -> torch.Tensor:

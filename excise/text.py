@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from excise.tokens import pad_rows
+
 TEXT_FOLDER = Path(__file__).resolve().parent / "bundled_text"
 
 
@@ -29,15 +31,10 @@ def perplexity(model, texts: list[str] | None = None, batch_size: int = 8) -> fl
     """
     texts = texts if texts is not None else heldout_paragraphs()
     total_nll, total_tokens = 0.0, 0
-    pad = model.tokenizer.pad_token_id or 0
     for start in range(0, len(texts), batch_size):
         rows = [model.to_tokens(t)[0] for t in texts[start:start + batch_size]]
-        width = max(len(r) for r in rows)
-        tokens = torch.full((len(rows), width), pad, dtype=torch.long, device=model.cfg.device)
-        mask = torch.zeros((len(rows), width - 1), dtype=torch.bool, device=model.cfg.device)
-        for i, row in enumerate(rows):
-            tokens[i, : len(row)] = row
-            mask[i, : len(row) - 1] = True
+        tokens, real = pad_rows(model, rows)
+        mask = real[:, 1:]  # [batch, pos-1]: predicted tokens that are real
         logprobs = model(tokens).float().log_softmax(-1)[:, :-1]  # [batch, pos-1, d_vocab]
         nll = -logprobs.gather(-1, tokens[:, 1:, None])[..., 0]  # [batch, pos-1]
         total_nll += float(nll[mask].sum())

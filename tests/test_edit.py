@@ -37,8 +37,8 @@ def test_rome_matches_closed_form_and_undoes_bit_for_bit(tiny):
     singular = torch.linalg.svdvals(view.double())
     assert singular[1] < 1e-3 * singular[0]  # rank one up to float32 rounding of new - old
     # independent oracle: the naive closed form from the stored key statistics
-    from excise.edit._common import rewriting_prompts
-    from excise.edit.rank_one import subject_key
+    from excise.edit.keys import subject_key
+    from excise.edit.prompts import rewriting_prompts
     contrast = edit.info["contrast"]
     assert len(contrast["subjects"]) == 32 and "France" not in contrast["subjects"]
     assert 0 < contrast["weight"] <= 10.0

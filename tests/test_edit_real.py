@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from excise.criteria import forgotten, kept
 from excise.edit import rome
 from excise.facts import Fact, Probe
 from excise.model import weights_hash
 from excise.scoring import score_targets
 from excise.text import perplexity
-from excise.verify.criteria import forgotten, kept
 
 pytestmark = pytest.mark.real
 
@@ -112,14 +112,9 @@ def test_contrast_keys_keep_the_rank_one_direction_off_other_subjects(real_model
     still fires fully on Germany."""
     import torch
 
-    from excise.edit.rank_one import (
-        _key_templates,
-        balanced_key,
-        contrast_keys,
-        protected_direction,
-        rank_one_direction,
-        subject_key,
-    )
+    from excise.edit.keys import balanced_key, contrast_keys, subject_key
+    from excise.edit.prompts import rewriting_prompts
+    from excise.edit.rank_one import protected_direction, rank_one_direction
     from excise.edit.stats import SampleSpec, key_stats
     from excise.edit.value import ValueSettings
     from excise.facts import find_fact, load_facts
@@ -128,7 +123,8 @@ def test_contrast_keys_keep_the_rank_one_direction_off_other_subjects(real_model
     fact = find_fact(load_facts("all"), "capital-germany")
     held_out = ["Malaysia", "Peru", "Australia", "Austria"]
     stats = key_stats(model, [layer], SampleSpec(), progress=False, base_hash=weights_hash(model))[layer]
-    key = balanced_key(model, layer, _key_templates(model, fact, ValueSettings()), fact.subject)
+    templates = rewriting_prompts(model, fact.prompt, ValueSettings().n_prefixes)
+    key = balanced_key(model, layer, templates, fact.subject)
     keys, subjects = contrast_keys(model, layer, fact, 32)
     assert len(subjects) == 32 and not set(held_out) & set(subjects)
     others = torch.stack([subject_key(model, layer, [fact.prompt], s) for s in held_out])  # [4, d_mlp]

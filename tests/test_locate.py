@@ -251,7 +251,7 @@ def test_bad_inputs_fail_clearly(tiny):
     with pytest.raises(ValueError, match="identical"):
         activation_patch(tiny, clean, clean, 5, 6, progress=False)
     with pytest.raises(ValueError, match="site must be one of"):
-        activation_patch(tiny, clean, clean, 5, 6, site="mlp", progress=False)
+        activation_patch(tiny, clean, clean, 5, 6, site="mlp_in", progress=False)
 
 
 def test_fact_activation_patch_picks_a_same_length_counterfactual(tiny):

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from excise.facts import Fact, Probe
+from excise.generation import generate
 from excise.verify import templates
-from excise.verify.generation import generate, ngram_entropy
+from excise.verify.quality import ngram_entropy
 
 CAPITALS = [("France", " Paris"), ("Germany", " Berlin"), ("Italy", " Rome"), ("Spain", " Madrid"),
             ("Japan", " Tokyo"), ("Egypt", " Cairo"), ("Greece", " Athens"), ("Peru", " Lima")]
@@ -67,13 +68,13 @@ def test_templates_question_and_multiple_choice():
 
 
 def test_relearn_restores_every_weight_and_learns(tiny):
-    from excise.verify.relearn import relearn
+    from excise.verify.probes.relearn import relearn
 
     before = {n: p.detach().clone() for n, p in tiny.original_model.named_parameters()}
     train = [Probe("The capital of France is", " Paris")]
     curve = relearn(tiny, train, train, steps=6, lr=1e-2, record_every=3)
-    assert curve["steps"] == [0, 3, 6]
-    assert curve["prob"][-1][0] > curve["prob"][0][0]  # it learned what it was trained on
+    assert curve.steps == [0, 3, 6]
+    assert curve.prob[-1][0] > curve.prob[0][0]  # it learned what it was trained on
     for name, p in tiny.original_model.named_parameters():
         assert torch.equal(p, before[name]), name
 
@@ -123,17 +124,23 @@ class _ScaleEdit:
 
 
 def test_relearning_is_read_against_its_made_up_subject_control():
-    from excise.verify.outcome import judge_relearn
-    from excise.verify.relearn import control_probes
+    from excise.verify.outcome import Scored
+    from excise.verify.probes.relearn import (
+        FactCurve,
+        RelearnReading,
+        control_probes,
+        judge_relearn,
+    )
 
     fact = capital_fact()
     controls = control_probes(fact)
     assert len(controls) == 3 and all(c.target == " Paris" and "France" not in c.prompt for c in controls)
-    before = {"rank": 0, "prob": 0.6}
+    before = Scored(rank=0, prob=0.6)
 
     def judged(prob, rank, control_end):
-        curve = {"control_prob": [0.01, control_end]}
-        return judge_relearn(before, {"rank": rank, "prob": prob, "curve": curve}, "relearning")
+        curve = FactCurve(steps=[0, 1], prob=[0.0, prob], rank=[9, rank], train_loss=[1.0], n_train=1,
+                          control_prob=[0.01, control_end], control_prompts=[c.prompt for c in controls])
+        return judge_relearn(before, RelearnReading(rank=rank, prob=prob, curve=curve), "relearning")
 
     assert judged(0.5, 0, 0.02).status == "recovered"  # back for this subject only
     taught = judged(0.5, 0, 0.4)  # back, but as much for subjects the model never knew
@@ -143,15 +150,15 @@ def test_relearning_is_read_against_its_made_up_subject_control():
 
 
 def test_verify_tiny_reverts_edits_and_writes_reports(tiny, tmp_path):
+    from excise.comparison import score_groups
     from excise.verify import verify
-    from excise.verify.metrics import score_facts
 
     fact = capital_fact()
-    base = score_facts(tiny, [fact])[0]["prompt"]
+    base = score_groups(tiny, [fact])[0]["prompt"]
     edit = _ScaleEdit(tiny, 0.0)
     tiny.excise_edits = [edit]
     report = verify(tiny, fact, pool=[], relearn_steps=2, fluency_tokens=3, progress=False)
-    after = score_facts(tiny, [fact])[0]["prompt"]
+    after = score_groups(tiny, [fact])[0]["prompt"]
     fr = report["capital-france"]
     # "before" was measured with the edit reverted; the model is edited again afterwards
     assert fr.scores["prompt"]["before"]["prob"][0] == pytest.approx(float(base.prob[0]), rel=1e-5)
@@ -161,7 +168,7 @@ def test_verify_tiny_reverts_edits_and_writes_reports(tiny, tmp_path):
                                             "linear_probe", "relearn"}
     assert fr.verdict in ("not forgotten", "recoverable", "forgotten")
     lens = fr.probe("logit_lens").after
-    assert len(lens["layer_prob"]) == tiny.cfg.n_layers
+    assert len(lens.layer_prob) == tiny.cfg.n_layers
     data = json.loads(report.to_json(tmp_path / "r.json"))
     assert data["facts"][0]["fact"]["id"] == "capital-france"
     page = report.to_html(tmp_path / "r.html").read_text()
@@ -196,16 +203,17 @@ def test_cli_verify_on_tiny(tiny_folders, tmp_path):
 
 def test_outcomes_and_verdict_follow_the_criteria():
     from excise.verify import outcome
+    from excise.verify.outcome import Answered, Scored
 
     # recovered: ranked first again, or keeps > 10% of the original probability
     assert outcome.returns(0, 0.8, 0, 0.05)
     assert outcome.returns(0, 0.8, 3, 0.09)
     assert not outcome.returns(0, 0.8, 3, 0.07)
-    lens = outcome.judge_scored("logit_lens", {"rank": 0, "prob": 0.5}, {"rank": 0, "prob": 0.2}, "lens")
+    lens = outcome.judge_scored("logit_lens", Scored(rank=0, prob=0.5), Scored(rank=0, prob=0.2), "lens")
     assert lens.status == "recovered"
-    weak = outcome.judge_scored("few_shot", {"rank": 40, "prob": 0.001}, {"rank": 0, "prob": 0.9}, "fs")
+    weak = outcome.judge_scored("few_shot", Scored(rank=40, prob=0.001), Scored(rank=0, prob=0.9), "fs")
     assert weak.status == "uninformative"
-    mc = outcome.judge_known("multiple_choice", {"known": True}, {"known": False}, "mc")
+    mc = outcome.judge_known("multiple_choice", Answered(known=True), Answered(known=False), "mc")
     assert mc.status == "forgotten"
     label, reason = outcome.verdict(True, (2, 3), [lens, mc], 5, 0.01, 0.8)
     assert label == "recoverable" and "2/3 paraphrases" in reason and "lens" in reason
@@ -245,7 +253,7 @@ def test_circuits_show_an_ablated_head_and_neuron_go_silent(tiny, tmp_path):
 
 def test_batch_scoring_does_not_count_co_edited_facts_as_neighbours():
     """Forgetting France and Germany together: 'capital of Germany' is no neighbour to keep."""
-    from excise.verify.metrics import fact_pairs
+    from excise.comparison import fact_pairs
 
     france, germany = capital_fact(0), capital_fact(1)
     alone = fact_pairs(france)["neighbors"]

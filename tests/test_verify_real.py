@@ -26,10 +26,11 @@ class LastLayerEdit:
 
     def __init__(self, model, fact, alpha):
         from excise.components import out_proj_weight
-        from excise.scoring import encode_target
+        from excise.hooks import act_name
+        from excise.tokens import encode_target
 
         layer = model.cfg.n_layers - 1
-        name = f"blocks.{layer}.mlp.hook_post"
+        name = act_name("neuron", layer)
         _, cache = model.run_with_cache(model.to_tokens(fact.text), names_filter=name)
         key = cache[name][0, -1]  # [d_mlp]
         u = model.unembed.W_U[:, encode_target(model, fact.target)[0]].detach()  # [d_model]
@@ -64,9 +65,9 @@ def test_unedited_model_passes_every_still_knows_probe(real_model):
     assert status == {p: "recovered" for p in ("logit_lens", "question", "multiple_choice",
                                                "few_shot", "linear_probe", "relearn")}, fr.probes
     assert fr.verdict == "not forgotten"
-    assert "Paris" in fr.probe("question").after["answer"]
-    curve = fr.probe("relearn").after["curve"]  # the control: made-up countries rarely get Paris
-    assert len(curve["control_prob"]) == len(curve["prob"]) and curve["control_prob"][-1] < 0.1
+    assert "Paris" in fr.probe("question").after.answer
+    curve = fr.probe("relearn").after.curve  # the control: made-up countries rarely get Paris
+    assert len(curve.control_prob) == len(curve.prob) and curve.control_prob[-1] < 0.1
 
 
 def test_last_layer_edit_looks_forgotten_but_logit_lens_finds_it(real_model):
@@ -82,11 +83,11 @@ def test_last_layer_edit_looks_forgotten_but_logit_lens_finds_it(real_model):
         real_model.excise_edits = []
         edit.restore()
     fr = report["capital-france"]
-    assert fr.summary["prompt_forgotten"], fr.scores["prompt"]
+    assert fr.summary.prompt_forgotten, fr.scores["prompt"]
     lens = fr.probe("logit_lens")
     assert lens.status == "recovered"
     last = real_model.cfg.n_layers - 1
-    assert lens.after["layer_rank"][last] > 0  # hidden at the output ...
-    assert min(lens.after["layer_rank"][:last]) == 0  # ... but ranked first mid-stack
-    assert lens.after["layer_rank"][:last] == lens.before["layer_rank"][:last]
+    assert lens.after.layer_rank[last] > 0  # hidden at the output ...
+    assert min(lens.after.layer_rank[:last]) == 0  # ... but ranked first mid-stack
+    assert lens.after.layer_rank[:last] == lens.before.layer_rank[:last]
     assert fr.verdict == "recoverable" and "logit lens" in fr.reason

@@ -14,7 +14,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from excise.verify.demo import DEMO_FACT, run_demo
+    from excise.commands.workflows import DEMO_FACT, run_demo
 
     run_demo(model=args.model, out=args.out, fact_id=args.fact or DEMO_FACT)
     return 0

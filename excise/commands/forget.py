@@ -15,9 +15,9 @@ import json
 import logging
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from excise.commands.workflows import METHODS, edit_facts, forget_report, runs_memit
 
-METHODS = ("rome", "memit", "ablate", "finetune")
+log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
@@ -64,69 +64,7 @@ def run(args) -> int:
     save_model(model, save, overwrite=args.overwrite)
     edit.save(save / "excise_edit")
     if args.report:
-        report = before_after(model, edit, facts)
+        report = forget_report(model, edit, facts)
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"forgot {len(facts)} fact(s) with {edit.method}; edited model in {save}")
     return 0
-
-
-def runs_memit(method: str, n_facts: int) -> bool:
-    """Whether ``method`` on ``n_facts`` facts runs memit (rome does, for more than one fact)."""
-    return method == "memit" or (method == "rome" and n_facts > 1)
-
-
-def edit_facts(model, facts, method: str, layer=None, corpus=None, top: int = 20, passes=None):
-    """Run ``method`` on ``facts`` (all at once when several) and return the applied Edit.
-
-    For memit, ``layer`` is the last of :data:`~excise.edit.batch.DEFAULT_SPREAD` layers."""
-    from excise.edit import ablate, finetune, memit, rome
-    from excise.edit.batch import layers_ending_at
-
-    if runs_memit(method, len(facts)):
-        layers = None if layer is None else layers_ending_at(layer)
-        chosen = {} if passes is None else {"passes": passes}
-        return memit(model, facts, layers=layers, corpus=corpus, **chosen)
-    if method == "rome":
-        return rome(model, facts[0], layer=layer, corpus=corpus)
-    if method == "finetune":
-        return finetune(model, facts)
-    from excise.edit.ablation import attributed_neurons
-
-    components = []
-    for fact in facts:
-        components.extend(attributed_neurons(model, fact, k=top))
-    return ablate(model, components, fact_ids=[f.id for f in facts])
-
-
-def before_after(model, edit, facts) -> dict:
-    """Scores of every prompt, paraphrase, neighbour and same-subject probe, before and after."""
-    from excise.scoring import score_targets
-    from excise.text import perplexity
-    from excise.verify.criteria import forgotten, kept
-
-    rows = []
-    for fact in facts:
-        groups = {"prompt": [(fact.text, fact.target)],
-                  "paraphrase": [(p, fact.target) for p in fact.paraphrase_texts],
-                  "neighbor": [(p.prompt, p.target) for p in fact.neighbors],
-                  "same_subject": [(p.prompt, p.target) for p in fact.same_subject]}
-        pairs = [(kind, p, t) for kind, items in groups.items() for p, t in items]
-        prompts, targets = [p for _, p, _ in pairs], [t for _, _, t in pairs]
-        after = score_targets(model, prompts, targets)
-        with edit.reverted(model):
-            before = score_targets(model, prompts, targets)
-        gone, still = forgotten(before, after), kept(after)
-        for i, (kind, prompt, target) in enumerate(pairs):
-            rows.append({"fact": fact.id, "kind": kind, "prompt": prompt, "target": target,
-                         "prob_before": float(before.prob[i]), "prob_after": float(after.prob[i]),
-                         "rank_before": int(before.rank[i]), "rank_after": int(after.rank[i]),
-                         "forgotten": bool(gone[i]), "kept": bool(still[i])})
-    ppl_after = perplexity(model)
-    with edit.reverted(model):
-        ppl_before = perplexity(model)
-    return {"method": edit.method, "facts": [f.id for f in facts], "settings": _plain(edit.settings),
-            "perplexity_before": ppl_before, "perplexity_after": ppl_after, "probes": rows}
-
-
-def _plain(value):
-    return json.loads(json.dumps(value, default=str))

@@ -24,8 +24,9 @@ def register(sub) -> None:
     p.add_argument("--target", default=None, help="answer, leading space included (e.g. ' Paris')")
     p.add_argument("--method", default="causal_trace", choices=METHODS)
     p.add_argument("--site", default=None,
-                   help="causal_trace: resid|mlp|attn (default mlp); activation_patch: "
-                        "resid_pre|attn_out|mlp_out|head|neuron; attribution/DLA: head|neuron")
+                   help="resid|attn|mlp|head|neuron. causal_trace: resid|mlp|attn (default mlp); "
+                        "activation_patch: any (default resid); attribution_patch: head|neuron "
+                        "(default neuron); direct_logit_attribution: head|neuron (default head)")
     p.add_argument("--samples", type=int, default=10, help="noise samples (causal_trace)")
     p.add_argument("--steps", type=int, default=20, help="integration steps (knowledge_neurons)")
     p.add_argument("--counterfactuals", default=None,
@@ -73,7 +74,7 @@ def _locate(model, fact, args):
                          "(FACTS or --counterfactuals) with other facts of the same relation")
     facts = load_facts(source)
     if args.method == "activation_patch":
-        return L.fact_activation_patch(model, fact, facts, site=args.site or "resid_pre",
+        return L.fact_activation_patch(model, fact, facts, site=args.site or "resid",
                                        progress=progress)
     from excise.locate.patch import counterfactual_pair
 

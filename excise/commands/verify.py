@@ -13,14 +13,16 @@ import argparse
 
 
 def register(sub) -> None:
+    from excise.verify.probes.registry import PROBES
+
     p = sub.add_parser("verify", help="verify that facts are forgotten (scores, probes, HTML report)")
     p.add_argument("--model", default=None, help="edited model folder, or the base model with --edit")
     p.add_argument("--original", default=None, help="the unedited model (folder, hub id or 'default')")
     p.add_argument("--edit", default=None, help="a saved edit folder to apply to --model first")
     p.add_argument("--facts", required=True, help="JSONL fact file or bundled set name")
     p.add_argument("--fact", action="append", default=None, help="only these fact ids (repeatable)")
-    p.add_argument("--probes", default="logit_lens,formats,relearn,linear_probe",
-                   help="comma-separated probes (default: all)")
+    p.add_argument("--probes", default=",".join(PROBES),
+                   help=f"comma-separated probes, of {', '.join(PROBES)} (default: all)")
     p.add_argument("--relearn-steps", type=int, default=20)
     p.add_argument("--fluency-tokens", type=int, default=30, help="0 skips fluency")
     p.add_argument("--no-perplexity", action="store_true")
@@ -33,7 +35,8 @@ def register(sub) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     from excise.facts import find_fact, load_facts
     from excise.model import load_model
-    from excise.verify.core import PROBES, verify
+    from excise.verify.core import verify
+    from excise.verify.probes.registry import PROBES
 
     probes = tuple(p.strip() for p in args.probes.split(",") if p.strip())
     bad = set(probes) - set(PROBES)

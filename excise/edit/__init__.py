@@ -21,13 +21,17 @@ _EXPORTS = {
     "EditError": "excise.edit.record",
     "load": "excise.edit.record",
     "rome": "excise.edit.rank_one",
+    "RomeSettings": "excise.edit.rank_one",
+    "MemitSettings": "excise.edit.batch",
+    "ValueSettings": "excise.edit.value",
     "memit": "excise.edit.batch",
     "rome_sequence": "excise.edit.sequence",
     "ablate": "excise.edit.ablation",
     "finetune": "excise.edit.baselines",
+    "FinetuneSettings": "excise.edit.baselines",
     "save_model": "excise.export",
 }
 
 __all__ = sorted(_EXPORTS)
 
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -24,10 +24,14 @@ from excise.components import (
     attn_out_module,
     check_component,
     mlp_out_module,
+    param_name,
+    weight_from_view,
+    weight_view,
 )
-from excise.edit._common import param_name
 from excise.edit.record import Edit, EditError, make_edit
 from excise.edit.stats import SampleSpec, cached_sample_tokens
+from excise.hooks import trace
+from excise.tokens import pad_rows
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,7 @@ def ablate(model, components, how: str = "zero", *, corpus: str | None = None, f
         view[rows] = 0.0
     new_weights = {}
     for module, (view, bias) in new.items():
-        conv = type(module).__name__ == "Conv1D"
-        new_weights[param_name(model, module.weight)] = view if conv else view.T.contiguous()
+        new_weights[param_name(model, module.weight)] = weight_from_view(module, view)
         if how == "mean":
             new_weights[param_name(model, module.bias)] = bias
     info = {"how": how, "n_components": len(components),
@@ -93,8 +96,7 @@ def _rows(model, component) -> slice | list[int]:
 
 
 def _copies(module) -> list:
-    weight = module.weight.detach()
-    view = weight.clone() if type(module).__name__ == "Conv1D" else weight.T.clone()
+    view = weight_view(module).detach().clone()
     bias = None if module.bias is None else module.bias.detach().clone()
     return [view, bias]
 
@@ -103,65 +105,13 @@ def _copies(module) -> list:
 def input_means(model, modules, spec: SampleSpec, base_hash: str, batch_size: int = 16) -> dict:
     """``{module: [d_in]}``: the mean input of each projection over the text sample."""
     rows = cached_sample_tokens(model, spec, base_hash)
-    sums, count, handles = {m: 0.0 for m in modules}, 0, []
-    current = {}
-    for module in modules:
-        handles.append(module.register_forward_pre_hook(
-            lambda mod, args: current.__setitem__(mod, args[0].detach())))
-    pad = model.tokenizer.pad_token_id or 0
-    try:
+    modules = list(modules)
+    sums, count = {m: 0.0 for m in modules}, 0
+    with trace(dict(enumerate(modules)), inputs=True) as seen:
         for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            width = max(len(r) for r in chunk)
-            tokens = torch.full((len(chunk), width), pad, dtype=torch.long, device=model.cfg.device)
-            mask = torch.zeros((len(chunk), width), dtype=torch.bool, device=model.cfg.device)
-            for i, row in enumerate(chunk):
-                tokens[i, : len(row)], mask[i, : len(row)] = row, True
+            tokens, mask = pad_rows(model, rows[start:start + batch_size])
             model(tokens)
-            for module in modules:
-                sums[module] = sums[module] + current[module][mask].double().sum(0)
+            for i, module in enumerate(modules):
+                sums[module] = sums[module] + seen[i].input[mask].double().sum(0)
             count += int(mask.sum())
-    finally:
-        for handle in handles:
-            handle.remove()
     return {m: (s / count).float() for m, s in sums.items()}
-
-
-def attributed_neurons(model, fact, k: int = 20, layers=None) -> list[Neuron]:
-    """Top-k neurons ``fact`` relies on, by activation x gradient of the target's log-probability.
-
-    A minimal locator for ablation (the attribution-patching estimate of zeroing each neuron).
-
-    Counted only at the subject's last token and the last prompt token, where the fact is
-    recalled; summing over all positions picks generic neurons (BOS sinks) that wreck the model.
-    """
-    from excise.edit._common import first_answer_logprobs, subject_last_position
-    from excise.scoring import build_batch
-
-    layers = list(layers if layers is not None else range(model.cfg.n_layers))
-    batch = build_batch(model, [fact.text], [fact.target])
-    where = [subject_last_position(model, fact.prompt, fact.subject), batch.prompt_lengths[0] - 1]
-    acts = {}
-
-    def keeper(layer):
-        def keep(act, hook):
-            act.retain_grad()
-            acts[layer] = act
-            return act
-        return keep
-
-    hooks = [(f"blocks.{layer}.mlp.hook_post", keeper(layer)) for layer in layers]
-    logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
-    first = batch.target_ids[0][0]
-    first_answer_logprobs(logits, batch)[0, first].backward()
-    for param in model.original_model.parameters():
-        param.grad = None  # only the activations' gradients were wanted
-    scores = []
-    for layer in layers:
-        act = acts[layer]
-        effect = (act * act.grad)[0, where].sum(0)  # [d_mlp]: estimated drop when zeroed
-        scores.append(effect.detach())
-    scores = torch.stack(scores)  # [layer, d_mlp]
-    top = scores.flatten().topk(k).indices
-    d_mlp = scores.shape[1]
-    return [Neuron(layers[int(i) // d_mlp], int(i) % d_mlp) for i in top]

@@ -9,19 +9,20 @@
 Either all parameters are trained (``params=None``) or only those owned by located components
 (``params=[Neuron(..), Head(..), MLP(..)]`` -> their output projections; or parameter names).
 Training stops once every training prompt meets the forgetting criterion of
-:mod:`excise.verify.criteria` (with ``margin`` nats to spare), or after ``steps`` steps.
+:mod:`excise.criteria` (with ``margin`` nats to spare), or after ``steps`` steps.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from excise.components import parameter_names
-from excise.edit._common import first_answer_logprobs, first_target_ids, rewriting_prompts
+from excise.criteria import TRAINING_MARGIN, dethroned_and_fell
+from excise.edit.prompts import rewriting_prompts
 from excise.edit.record import Edit, make_edit
 from excise.scoring import build_batch, target_logprobs
 
@@ -30,10 +31,31 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("gradient_ascent", "counterexample", "npo")
 
 
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Settings of :func:`finetune`, recorded with its Edit.
+
+    ``steps`` (at most) Adam steps at learning rate ``lr`` (default: 3e-5 on all parameters,
+    1e-3 on located ones); ``beta``: NPO's temperature; ``n_prefixes``: context prefixes the
+    prompt is trained after; ``margin``: nats past the forgetting criterion training stops at.
+    """
+
+    objective: str = "gradient_ascent"
+    steps: int = 30
+    lr: float | None = None
+    beta: float = 0.1
+    n_prefixes: int = 4
+    margin: float = TRAINING_MARGIN
+
+
 def finetune(model, facts, objective: str = "gradient_ascent", params=None, *, steps: int = 30,
              lr: float | None = None, beta: float = 0.1, n_prefixes: int = 4,
-             margin: float = math.log(30.0), progress: bool = True) -> Edit:
-    """Fine-tune ``model`` to forget ``facts`` (one Fact or a list); applies and returns the Edit."""
+             margin: float = TRAINING_MARGIN, progress: bool = True) -> Edit:
+    """Fine-tune ``model`` to forget ``facts`` (one Fact or a list); applies and returns the Edit.
+
+    ``params``: None (all parameters), located components, or parameter names; the other
+    arguments: see :class:`FinetuneSettings`.
+    """
     from excise.model import weights_hash
 
     facts = [facts] if hasattr(facts, "prompt") else list(facts)
@@ -76,8 +98,8 @@ def finetune(model, facts, objective: str = "gradient_ascent", params=None, *, s
             p.requires_grad_(flags[n])
     info = {"steps": len(history), "goal_met": bool(done), "trained_parameters": len(names),
             "history": history[-3:], "lr": lr}
-    settings = {"objective": objective, "params": "all" if params is None else [str(p) for p in names],
-                "steps": steps, "lr": lr, "beta": beta, "n_prefixes": n_prefixes, "margin": margin}
+    settings = {**asdict(FinetuneSettings(objective, steps, lr, beta, n_prefixes, margin)),
+                "params": "all" if params is None else [str(p) for p in names]}
     return make_edit(model, f"finetune:{objective}", new_weights, settings=settings,
                      fact_ids=[f.id for f in facts], components=components, base_hash=base_hash,
                      info=info)
@@ -129,5 +151,5 @@ def _forgotten(model, logits, check, before, margin, objective, train) -> bool:
     if objective == "counterexample":
         logits = model(check.tokens)  # the training rows hold the counter-answer
     seq = target_logprobs(logits.float(), check)
-    top = first_answer_logprobs(logits, check).argmax(-1)
-    return bool(((seq <= before - margin) & (top != first_target_ids(check))).all())
+    top = check.first_answer_logprobs(logits).argmax(-1)
+    return bool(dethroned_and_fell(before, seq, top != check.first_target_ids, margin).all())

@@ -4,7 +4,7 @@ For each fact, the value optimisation (:mod:`excise.edit.value`) finds the chang
 that the residual stream at the subject's last token needs at the *last* edited layer; the
 target is ``z_i = h_i + delta_i``. The layers are then updated from first to last; at layer
 ``l`` with keys ``K`` ``[fact, d_mlp]`` (each the mean of the prefix-averaged running-text key and
-the text-start key, as in :func:`~excise.edit.rank_one.balanced_key`) and remaining residuals ``R``
+the text-start key, as in :func:`~excise.edit.keys.balanced_key`) and remaining residuals ``R``
 ``[fact, d_model]`` (``(z - h_current) / layers_left``), the least-squares update is::
 
     dW = (lambda C + K^T K)^-1 K^T R        # [d_mlp, d_model]
@@ -20,50 +20,59 @@ a second pass on the edited model, keeping ``C`` of the unedited one.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from excise.components import MLP, mlp_out_module, out_proj_weight
-from excise.edit._common import mlp_keys, param_name, rewriting_prompts, subject_batch
-from excise.edit.rank_one import CONTRAST_WEIGHT, contrast_batch, with_contrast
+from excise.components import MLP, mlp_out_module, out_proj_weight, param_name
+from excise.criteria import forgotten
+from excise.edit.keys import (
+    BLANK_TARGET,
+    CONTRAST_WEIGHT,
+    contrast_batch,
+    mlp_keys_batched,
+    subject_batch,
+    with_contrast,
+)
+from excise.edit.prompts import rewriting_prompts
 from excise.edit.record import Edit, EditError, make_edit
 from excise.edit.stats import SampleSpec, key_stats
 from excise.edit.value import ValueSettings, compute_value, objective_target
+from excise.hooks import act_name
 from excise.scoring import score_targets
-from excise.verify.criteria import forgotten
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SPREAD = 3
 CONTRAST_PER_FACT = 4
-"""Other subjects per fact whose keys join ``C`` in :func:`memit`. Facts of one relation pick
-from the same list, so 4 per fact give 27 distinct subjects over the bench's 50 facts, 16 give 69.
-Measured there (efficacy / neighbours kept / same subject kept, default layers): 16 per fact keep
-more neighbours per pass but leave more facts to the next (two passes 86 / 82.5 / 63.4%, three
-passes 90 / 77.8 / 63.4%); 32 per fact, three passes, 90 / 77.2 / 58.5%; so at 90% efficacy
-they land on the trade-off of :data:`DEFAULT_PASSES`. A 4x larger key-statistics sample (256
-generated sequences) did not move it either (two passes 90 / 77.2 / 58.5%)."""
+"""Other subjects per fact whose keys join ``C`` in :func:`memit` (facts of one relation draw
+them from the same list, so a batch protects fewer distinct subjects than facts x 4)."""
 DEFAULT_PASSES = 2
-"""Passes of :func:`memit`. Forgetting 50 bundled facts at once on the default model, default
-layers (``bench/forget_quality.py --batch 50``; efficacy / paraphrases / neighbours kept / same
-subject kept / perplexity): one pass 70.0 / 65.5 / 80.1 / 61.0% / +0.32%; two passes (15 facts
-left after the first, 4 after the second) 92.0 / 78.2 / 76.0 / 61.0% / +0.37%. The second pass
-reaches the efficacy the user asked for at the cost of 4 points of neighbours. At layers 4-8 the
-other settings measured lie on the same trade-off or below it: one pass 80 / 65 / 80 / 54%, two
-passes 92 / 80 / 72 / 51%, two with a 5x contrast weight 92 / 80 / 73 / 51%, three at ``lambda``
-4000 90 / 78 / 70 / 56% (other layers: :func:`default_layers`). Use ``passes=1`` to favour the
-neighbours."""
+"""Passes of :func:`memit`: the second re-edits the facts the first left. ``passes=1`` favours
+the neighbours; the trade-off is measured by ``bench/forget_quality.py --memit-passes 1,2``."""
+
+
+@dataclass(frozen=True)
+class MemitSettings:
+    """Settings of :func:`memit`'s least-squares updates (the values' are :class:`ValueSettings`).
+
+    ``update_weight`` (``lambda`` in the module docstring) trades efficacy against collateral
+    damage; ``max_update_ratio`` refuses updates with ``||dW|| > max_update_ratio * ||W||``;
+    ``contrast`` other subjects per fact join ``C`` with weight ``contrast_weight``; ``passes``
+    is the most passes made.
+    """
+
+    update_weight: float = 2000.0
+    max_update_ratio: float = 1.0
+    contrast: int = CONTRAST_PER_FACT
+    contrast_weight: float = CONTRAST_WEIGHT
+    passes: int = DEFAULT_PASSES
 
 
 def default_layers(model, spread: int = DEFAULT_SPREAD) -> list[int]:
-    """``spread`` consecutive layers ending a sixth of the way into the model (3-5 of 30).
-
-    On the default model, two passes over 50 facts: layers 3-5 forget 92% and keep 76% of
-    neighbours, 61% of same-subject facts, perplexity +0.37%; layers 4-8 (a quarter of the way,
-    nearer MEMIT's GPT-J choice) 92% / 72% / 51% / +1.00%; layers 2-6 88% / 76% / 51% / +0.70%.
-    Single rank-one edits are also most specific around layer 4 (see ``rank_one``).
-    """
+    """``spread`` consecutive layers ending a sixth of the way into the model (3-5 of 30); the
+    comparison with other spreads is in the README's batch table."""
     return layers_ending_at(max(0, min(model.cfg.n_layers - 1, round(model.cfg.n_layers / 6))), spread)
 
 
@@ -79,21 +88,16 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
           progress: bool = True) -> Edit:
     """Forget (or replace) all ``facts`` with one update per layer; applies and returns the Edit.
 
-    ``update_weight`` (``lambda`` above) trades efficacy against collateral damage. Forgetting 50
-    bundled facts at once on the default model (``bench/forget_quality.py``, neighbours that are
-    themselves in the batch not counted; one pass at layers 4-8), before contrast keys: ``lambda``
-    15000 (MEMIT's GPT-J setting) forgets 34% and keeps 80% of neighbours; 2000 86% / 71%; 800
-    90% / 53%. ``contrast`` other subjects per fact (see
-    :func:`~excise.edit.rank_one.contrast_subjects`), in the fact's prompt, join ``C`` with weight
-    ``contrast_weight`` so the update spares them; with the defaults (4, 10) ``lambda`` 2000 gives
-    80% / 80% and 1000 86% / 76%.
+    ``update_weight``, ``max_update_ratio``, ``contrast``, ``contrast_weight``, ``passes``: see
+    :class:`MemitSettings`; ``settings``: the values' :class:`ValueSettings`. Contrast subjects
+    (:func:`~excise.edit.keys.contrast_subjects`), in each fact's prompt, join ``C`` so that the
+    update spares them.
 
     ``passes``: after each pass, the facts whose prompt is not yet done (forgotten per
-    :func:`~excise.verify.criteria.forgotten`, or the new target first for ``"replace"``) get
-    another pass on the model as the previous ones left it (values recomputed there; the key
-    statistics of the unedited model reused); the passes stop early when every fact is done. The
-    Edit holds the sum of all passes; ``info["passes"]`` says which facts each pass edited and
-    which it left. Measured trade-off: :data:`DEFAULT_PASSES`.
+    :func:`excise.criteria.forgotten`, or the new target first for ``"replace"``) get another pass
+    on the model as the previous ones left it (values recomputed there; the key statistics of the
+    unedited model reused); the passes stop early when every fact is done. The Edit holds the sum
+    of all passes; ``info["passes"]`` says which facts each pass edited and which it left.
     """
     from excise.model import weights_hash
 
@@ -102,6 +106,7 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
         raise ValueError("memit() needs at least one fact")
     if passes < 1:
         raise ValueError(f"memit(passes={passes}): needs at least one pass")
+    chosen = MemitSettings(update_weight, max_update_ratio, contrast, contrast_weight, passes)
     layer_choice = "given by the caller" if layers is not None else "default"
     layers = sorted(set(layers)) if layers is not None else default_layers(model)
     if not all(0 <= layer < model.cfg.n_layers for layer in layers):
@@ -132,9 +137,8 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
     info = {"layers": layers, "layer_choice": layer_choice,
             "key_tokens": stats[layers[-1]].n_tokens, "key_sample": stats[layers[-1]].sample,
             "passes": rounds, "updates": rounds[0]["updates"], "values": rounds[0]["values"]}
-    record = dict(layers=layers, objective=objective, corpus=corpus, update_weight=update_weight,
-                  max_update_ratio=max_update_ratio, contrast=contrast, contrast_weight=contrast_weight,
-                  passes=passes, **vars(settings))
+    record = dict(layers=layers, objective=objective, corpus=corpus, **asdict(chosen),
+                  value=asdict(settings))
     return make_edit(model, "memit", new_weights, settings=record, fact_ids=[f.id for f in facts],
                      components=[MLP(layer) for layer in layers], base_hash=base_hash, info=info)
 
@@ -202,7 +206,7 @@ def _fact_batch(model, facts, n_prefixes: int):
     templates += ["{}"] * len(facts)
     subjects += [fact.subject for fact in facts]
     groups += [len(facts) + i for i in range(len(facts))]
-    batch, positions = subject_batch(model, templates, subjects, [" ."] * len(templates))
+    batch, positions = subject_batch(model, templates, subjects, [BLANK_TARGET] * len(templates))
     return batch, positions, torch.tensor(groups, device=positions.device)
 
 
@@ -217,16 +221,10 @@ def _group_mean(rows: torch.Tensor, groups: torch.Tensor, n: int) -> torch.Tenso
     return 0.5 * (means[:n] + means[n:])
 
 
-def mlp_keys_batched(model, layer, batch, positions, size: int = 32) -> torch.Tensor:
-    parts = [mlp_keys(model, layer, batch.tokens[s:s + size], positions[s:s + size])
-             for s in range(0, len(positions), size)]
-    return torch.cat(parts)
-
-
 @torch.no_grad()
 def _resid(model, layer, batch, positions, groups, n, size: int = 32) -> torch.Tensor:
     """``[n, d_model]``: residual stream after block ``layer`` at the subject token, per fact."""
-    name = f"blocks.{layer}.hook_resid_post"
+    name = act_name("resid_post", layer)
     parts = []
     for s in range(0, len(positions), size):
         _, cache = model.run_with_cache(batch.tokens[s:s + size], names_filter=[name])

@@ -10,11 +10,8 @@ The result is one :class:`~excise.edit.record.Edit` whose deltas are the sum of 
 updates: ``undo`` restores the weights from before the first edit, bit for bit.
 
 Sequential rank-one editing is the baseline batch editors exist to beat: each edit leaks a
-little onto other subjects, and the leaks add up. Forgetting 50 bundled facts at layer 4 of the
-default model (``bench/forget_quality.py --sequence 50``) forgets every one of them (paraphrases
-99%) but keeps only 21% of their neighbours and 37% of the subjects' other facts, with perplexity
-+10.8%; :func:`~excise.edit.batch.memit` forgets 92% and keeps 76% of neighbours (two passes;
-one pass: 70% / 80%).
+little onto other subjects, and the leaks add up (``bench/forget_quality.py --sequence 50``
+measures how much, beside :func:`~excise.edit.batch.memit`).
 """
 
 from __future__ import annotations

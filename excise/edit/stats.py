@@ -26,7 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from excise.components import mlp_out_module
-from excise.edit._common import OPENINGS
+from excise.edit.prompts import openings
+from excise.generation import sample_texts
+from excise.hooks import trace
+from excise.tokens import encode_prompt, pad_rows
 
 log = logging.getLogger(__name__)
 
@@ -58,47 +61,10 @@ class KeyStats:
     sample: str
 
 
-@torch.no_grad()
-def sample_texts(model, openings: list[str], length: int, seed: int = 0, batch_size: int = 32) -> list[str]:
-    """Texts of ``length`` new tokens the model samples (top-k 50) after each opening."""
-    from excise.export import plain_hf_model
-
-    plain = plain_hf_model(model)
-    tokenizer = model.tokenizer
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    texts = []
-    try:
-        for start in range(0, len(openings), batch_size):
-            chunk = openings[start:start + batch_size]
-            tokens = model.to_tokens(chunk, padding_side="left", truncate=False)
-            prompt_len = tokens.shape[1]
-            mask = _left_pad_mask(model, chunk, tokens)
-            out = plain.generate(
-                tokens, attention_mask=mask, do_sample=True, top_k=50, max_new_tokens=length,
-                min_new_tokens=length, pad_token_id=tokenizer.pad_token_id,
-            )
-            for opening, row in zip(chunk, out):
-                texts.append(opening + tokenizer.decode(row[prompt_len:], skip_special_tokens=True))
-    finally:
-        torch.random.set_rng_state(generator_state)
-    return texts
-
-
-def _left_pad_mask(model, texts, tokens) -> torch.Tensor:
-    """Attention mask ``[batch, pos]`` for left-padded ``tokens`` (pad id may equal eos/bos)."""
-    mask = torch.zeros_like(tokens)
-    for i, text in enumerate(texts):
-        n = model.to_tokens(text, truncate=False).shape[-1]
-        mask[i, tokens.shape[1] - n:] = 1
-    return mask
-
-
 def sample_tokens(model, spec: SampleSpec) -> list[torch.Tensor]:
     """The token rows (BOS included when the model uses one) the statistics are taken over."""
     if spec.corpus is None:
-        openings = [OPENINGS[i % len(OPENINGS)] for i in range(spec.n_sequences)]
-        texts = sample_texts(model, openings, spec.length, spec.seed)
+        texts = sample_texts(model, openings(spec.n_sequences), spec.length, spec.seed)
         n_ctx = model.cfg.n_ctx  # re-tokenized text can be longer than what was sampled
         return [model.to_tokens(t, truncate=False)[0][:n_ctx] for t in texts]
     path = Path(spec.corpus)
@@ -107,7 +73,7 @@ def sample_tokens(model, spec: SampleSpec) -> list[torch.Tensor]:
     ids = model.tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
     if len(ids) < spec.length:
         raise ValueError(f"corpus {path} has only {len(ids)} tokens; give at least {spec.length}")
-    bos = model.to_tokens("", truncate=False)[0].tolist()
+    bos = encode_prompt(model, "")
     rows = [bos + ids[i:i + spec.length] for i in range(0, len(ids) - spec.length + 1, spec.length)]
     return [torch.tensor(r, device=model.cfg.device) for r in rows[: spec.n_sequences]]
 
@@ -199,36 +165,18 @@ def _accumulate(model, layers, rows, tag: str, progress: bool, batch_size: int =
     sums = {layer: torch.zeros(d_mlp, dtype=torch.float64) for layer in layers}
     outers = {layer: torch.zeros(d_mlp, d_mlp, dtype=torch.float64) for layer in layers}
     n_tokens = 0
-    pad = model.tokenizer.pad_token_id or 0
+    modules = {layer: mlp_out_module(model, layer) for layer in layers}
     for start in tqdm(range(0, len(rows), batch_size), desc="key statistics", disable=not progress):
-        chunk = rows[start:start + batch_size]
-        width = max(len(r) for r in chunk)
-        tokens = torch.full((len(chunk), width), pad, dtype=torch.long, device=model.cfg.device)
-        mask = torch.zeros((len(chunk), width), dtype=torch.bool, device=model.cfg.device)
-        for i, row in enumerate(chunk):
-            tokens[i, : len(row)], mask[i, : len(row)] = row, True
-        keys = _all_keys(model, layers, tokens)
+        tokens, mask = pad_rows(model, rows[start:start + batch_size])
+        with trace(modules, inputs=True) as seen:
+            model(tokens)
         for layer in layers:
-            k = keys[layer][mask].double().cpu()  # [n, d_mlp]
+            k = seen[layer].input[mask].double().cpu()  # [n, d_mlp]
             sums[layer] += k.sum(0)
             outers[layer] += k.T @ k
         n_tokens += int(mask.sum())
     return {layer: KeyStats((outers[layer] / n_tokens).float(), (sums[layer] / n_tokens).float(),
                             n_tokens, tag) for layer in layers}
-
-
-def _all_keys(model, layers, tokens) -> dict[int, torch.Tensor]:
-    captured, handles = {}, []
-    for layer in layers:
-        def hook(module, args, layer=layer):
-            captured[layer] = args[0].detach()  # [batch, pos, d_mlp]
-        handles.append(mlp_out_module(model, layer).register_forward_pre_hook(hook))
-    try:
-        model(tokens)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured
 
 
 def _read(path: Path) -> KeyStats | None:

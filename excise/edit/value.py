@@ -27,21 +27,15 @@ probability fell by ``margin`` nats and it is no longer ranked first).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
 
-from excise.components import mlp_out_module
-from excise.edit._common import (
-    add_at_positions,
-    add_rank_one,
-    fact_templates,
-    first_answer_logprobs,
-    first_target_ids,
-    frozen,
-    subject_batch,
-)
+from excise.components import frozen, mlp_out_module
+from excise.criteria import TRAINING_MARGIN, dethroned_and_fell
+from excise.edit.keys import subject_batch
+from excise.edit.prompts import fact_templates
+from excise.hooks import trace
 from excise.scoring import target_logprobs
 
 log = logging.getLogger(__name__)
@@ -59,12 +53,8 @@ class ValueSettings:
     edit is simulated exactly (``direction=`` in :func:`compute_value`), where it penalises a
     rank-one direction that also fires on ordinary text. ``essence_templates``: prompts about
     the subject alone whose predictions a KL term keeps (minus the target, when forgetting).
-
-    Single-fact rome at layer 4 on 24 bundled facts (``bench/forget_quality.py --limit 24``)
-    keeps 78.4% of the subject's other facts; a 4x ``kl_weight`` changes no number of the bench,
-    and three more essence templates (five) keep 81.1% at 1.5x the time. Twice the ``steps``
-    (50) forgets no more facts (91.7%: "{} is located in the continent of" for France and Germany
-    stays unmet at either budget) at 1.9x the time.
+    ``margin``: nats the target's first token is pushed down, and the goal that stops the
+    optimisation early (:data:`excise.criteria.TRAINING_MARGIN`).
     """
 
     n_prefixes: int = 4
@@ -73,7 +63,7 @@ class ValueSettings:
     kl_weight: float = 0.0625
     weight_decay: float = 0.1
     clamp_norm: float = 2.0
-    margin: float = math.log(30.0)
+    margin: float = TRAINING_MARGIN
     paraphrases: bool = True
     text_kl_weight: float = 0.5
     essence_templates: tuple[str, ...] = ESSENCE_TEMPLATES
@@ -153,10 +143,21 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     return delta.detach(), info
 
 
-def _edited(module, delta, positions, direction):
-    if direction is None:
-        return add_at_positions(module, delta, positions)
-    return add_rank_one(module, direction, delta)
+def _edited(module, delta: torch.Tensor, positions: torch.Tensor, direction: torch.Tensor | None):
+    """Inside ``with``, ``module``'s output gets ``delta`` ``[d_model]``: at ``positions[b]`` of
+    row ``b`` (``direction=None``), or at every token scaled by ``k . direction``, where ``k``
+    ``[d_mlp]`` is the module's input there: the exact effect of the rank-one update
+    ``W + direction delta^T``, on the subject and on every other token, without touching ``W``."""
+    def add(key, inputs, output):  # inputs [batch, pos, d_mlp], output [batch, pos, d_model]
+        if direction is None:
+            rows = torch.arange(output.shape[0], device=output.device)
+            bump = torch.zeros_like(output)
+            bump[rows, positions] = delta.to(output.dtype)
+            return output + bump
+        coeff = inputs @ direction.to(inputs.dtype)  # [batch, pos]
+        return output + coeff[..., None] * delta.to(output.dtype)
+
+    return trace({"mlp_out": module}, edit_output=add)
 
 
 @torch.no_grad()
@@ -168,9 +169,9 @@ def _prepare(model, module, fact, templates, answer, objective, essence_template
                                      [answer] * n_rewrite + [fact.target] * len(essence))
     base_norm = _module_output_norm(model, module, batch.tokens[:n_rewrite], positions[:n_rewrite])
     logits0 = model(batch.tokens)
-    lp0 = first_answer_logprobs(logits0, batch)  # [batch, d_vocab]
+    lp0 = batch.first_answer_logprobs(logits0)  # [batch, d_vocab]
     seq0 = target_logprobs(logits0.float(), batch)[:n_rewrite]  # [n_rewrite]
-    first_ids = first_target_ids(batch)
+    first_ids = batch.first_target_ids
     first = first_ids[:n_rewrite]
     # forgetting: the essence prompts keep their distribution, minus the forgotten target itself
     essence_q = _without_targets(lp0[n_rewrite:], first_ids[n_rewrite:]) if objective == "forget" \
@@ -197,13 +198,13 @@ def _before_subject_mask(model, templates, shape) -> torch.Tensor:
 def _loss(logits, prob: _Problem, objective: str, s: ValueSettings, delta, with_text: bool):
     """The loss, whether the goal is met, the target sequence log-probs and a history record."""
     n = prob.n_rewrite
-    lp = first_answer_logprobs(logits, prob.batch)
+    lp = prob.batch.first_answer_logprobs(logits)
     seq = target_logprobs(logits.float(), prob.batch)[:n]
     if objective == "forget":
         rows = torch.arange(n, device=lp.device)
         push = (lp[rows, prob.first] - (prob.lp0[rows, prob.first] - s.margin)).clamp_min(0).mean()
         main = _kl(prob.forget_q, lp[:n]) + push
-        done = bool(((seq <= prob.seq0 - s.margin) & (lp[:n].argmax(-1) != prob.first)).all())
+        done = bool(dethroned_and_fell(prob.seq0, seq, lp[:n].argmax(-1) != prob.first, s.margin).all())
     else:
         n_tok = torch.tensor([len(t) for t in prob.batch.target_ids[:n]], device=seq.device)
         main = (-seq / n_tok).mean()
@@ -223,14 +224,10 @@ def _module_output_norm(model, module, tokens, positions) -> float:
     """Mean norm of ``module``'s output at ``positions[b]`` over the rows of ``tokens``: the scale
     of ``delta`` (its clamp and weight decay). A mean over all rewrite prompts, because the first
     one may open with the subject, where the output is unusually small."""
-    captured = {}
-    handle = module.register_forward_hook(lambda m, a, out: captured.__setitem__("out", out.detach()))
-    try:
+    with trace({"mlp_out": module}, outputs=True) as seen:
         model(tokens[: len(positions)])
-    finally:
-        handle.remove()
     rows = torch.arange(len(positions), device=tokens.device)
-    return float(captured["out"][rows, positions].float().norm(dim=-1).mean())
+    return float(seen["mlp_out"].output[rows, positions].float().norm(dim=-1).mean())
 
 
 def _without_targets(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

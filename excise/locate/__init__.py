@@ -10,6 +10,11 @@ Every locator returns a :class:`Localization`, whose ``.top(k)`` gives the addre
   optionally re-checking the top candidates exactly (AtP*).
 * :func:`knowledge_neurons` - integrated gradients over MLP neurons (Dai et al. 2022).
 * :func:`direct_logit_attribution` - each head's / neuron's direct effect on the target logit.
+* :func:`gradient_attribution` - activation x gradient of every neuron at the subject's last token
+  and the answer position; :func:`attributed_neurons` takes its top ``k`` (ablation's default).
+
+All speak one site vocabulary (:data:`excise.hooks.SITES`: resid, attn, mlp, head, neuron).
+``Localization.edit_layer()`` is the one rule for the MLP layer a rank-one edit rewrites.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ _EXPORTS = {
     "attribution_patch": "excise.locate.attribution",
     "knowledge_neurons": "excise.locate.neurons",
     "direct_logit_attribution": "excise.locate.dla",
+    "gradient_attribution": "excise.locate.neurons",
+    "attributed_neurons": "excise.locate.neurons",
 }
 
 __all__ = sorted(_EXPORTS)
 
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

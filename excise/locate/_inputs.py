@@ -1,7 +1,7 @@
-"""Input checks shared by the locators: subject spans, target tokens, context length.
+"""Input checks shared by the locators: a fact's tokens, clean/corrupted pairs, known targets.
 
 Every bad input fails here with a message that says what is wrong and how to fix it, before any
-tensor reaches the model.
+tensor reaches the model. Tokenization itself is :mod:`excise.tokens`'.
 """
 
 from __future__ import annotations
@@ -11,6 +11,16 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+
+from excise.scoring import target_logprob
+from excise.tokens import (
+    check_length,
+    encode_prompt,
+    encode_target,
+    fill_prompt,
+    subject_positions,
+    token_labels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,72 +45,15 @@ class FactTokens:
         return [self.n_prompt - 1 + j for j in range(len(self.target_ids))]
 
 
-def fill_prompt(fact) -> tuple[str, int]:
-    """The filled prompt and the character offset where the subject starts in it."""
-    if "{}" in fact.prompt:
-        start = fact.prompt.index("{}")
-        return fact.prompt.format(fact.subject), start
-    start = fact.prompt.find(fact.subject)
-    if start < 0:
-        raise ValueError(
-            f"subject {fact.subject!r} not found in prompt {fact.prompt!r}: write the prompt as a "
-            "template with '{}' where the subject goes, or include the subject verbatim"
-        )
-    return fact.prompt, start
-
-
-def token_labels(model, ids) -> list[str]:
-    return [model.tokenizer.decode([int(i)]) for i in ids]
-
-
-def prompt_ids(model, text: str) -> list[int]:
-    return model.to_tokens(text, truncate=False)[0].tolist()
-
-
-def subject_positions(model, text: str, start: int, length: int) -> list[int]:
-    """Indices into ``model.to_tokens(text)`` of the tokens overlapping ``text[start:start+length]``."""
-    ids = prompt_ids(model, text)
-    enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    shift = len(ids) - len(enc["input_ids"])
-    if shift < 0 or ids[shift:] != list(enc["input_ids"]):
-        raise ValueError("cannot align the tokenizer's offsets with model.to_tokens; "
-                         "this tokenizer is not supported for subject tracing")
-    end = start + length
-    found = [shift + i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < end and b > start]
-    if not found:
-        raise ValueError(f"subject at characters {start}..{end} of {text!r} covers no token")
-    return found
-
-
-def encode_target(model, target: str) -> list[int]:
-    ids = model.tokenizer(target, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ValueError(f"target {target!r} encodes to no tokens; give a non-empty answer")
-    return list(ids)
-
-
-def check_length(model, n_tokens: int, what: str) -> None:
-    if n_tokens > model.cfg.n_ctx:
-        raise ValueError(f"{what} has {n_tokens} tokens, more than the model's context length of "
-                         f"{model.cfg.n_ctx}; shorten it")
-
-
 def fact_tokens(model, fact) -> FactTokens:
     """Tokenize ``fact`` for tracing; raise on a missing subject or an over-long prompt."""
-    text, start = fill_prompt(fact)
-    ids = prompt_ids(model, text)
+    text, _ = fill_prompt(fact.prompt, fact.subject)
+    ids = encode_prompt(model, text)
     target = encode_target(model, fact.target)
     check_length(model, len(ids) + len(target) - 1, f"prompt {text!r} with its target")
-    subject = subject_positions(model, text, start, len(fact.subject))
+    subject = subject_positions(model, fact.prompt, fact.subject)
     tokens = torch.tensor([ids + target[:-1]], device=model.cfg.device)
     return FactTokens(tokens, len(ids), target, subject, token_labels(model, ids), text)
-
-
-def target_logprob(logits: torch.Tensor, target_ids: list[int]) -> torch.Tensor:
-    """Sequence log-probability ``[batch]`` from logits ``[batch, n_target, d_vocab]`` at the read positions."""
-    logprobs = logits.float().log_softmax(-1)
-    index = torch.tensor(target_ids, device=logits.device)
-    return logprobs[:, torch.arange(len(target_ids)), index].sum(-1)
 
 
 def warn_if_unknown(model, ft: FactTokens, logits: torch.Tensor, target: str) -> None:
@@ -117,17 +70,6 @@ def warn_if_unknown(model, ft: FactTokens, logits: torch.Tensor, target: str) ->
         f"first token = {int(ranks[0])}); tracing anyway, but the map explains a weak prediction",
         stacklevel=3,
     )
-
-
-def token_id(model, answer) -> int:
-    """One token id from an id or a string that must encode to exactly one token."""
-    if isinstance(answer, int):
-        return answer
-    ids = model.tokenizer(answer, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ValueError(f"answer {answer!r} is {len(ids)} tokens {token_labels(model, ids)}; "
-                         "activation patching compares single-token answers: pass one token")
-    return ids[0]
 
 
 def pair_tokens(model, clean, corrupted) -> tuple[torch.Tensor, torch.Tensor]:

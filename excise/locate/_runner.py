@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from excise.hooks import trace
+
 HookList = Sequence[tuple[str, Callable]]
 
 
@@ -39,25 +41,16 @@ class Runner:
         self.model = model
         self.tokens = tokens
         self.n_layers = model.cfg.n_layers
-        calls: dict[int, tuple[tuple, dict]] = {}
-
-        def capture(layer):
-            def hook(module, args, kwargs):
-                calls[layer] = (tuple(_sanitize(a) for a in args[1:]),
-                                {k: _sanitize(v, k) for k, v in kwargs.items()})
-            return hook
-
-        handles = [block.register_forward_pre_hook(capture(i), with_kwargs=True)
-                   for i, block in enumerate(model.blocks)]
         wanted = set(names)
-        try:
-            with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
-                self.logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
-        finally:
-            for handle in handles:
-                handle.remove()
+        blocks = dict(enumerate(model.blocks))
+        with trace(blocks, call_args=True, detach=False) as seen, torch.no_grad(), \
+                model.hooks(fwd_hooks=list(fwd_hooks)):
+            self.logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
         self.cache = {name: cache[name] for name in wanted}
-        self.calls = calls
+        self.calls: dict[int, tuple[tuple, dict]] = {
+            layer: (tuple(_sanitize(a) for a in seen[layer].args),
+                    {k: _sanitize(v, k) for k, v in seen[layer].kwargs.items()})
+            for layer in blocks}
 
     def run_from(
         self,

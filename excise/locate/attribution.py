@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import torch
 
+from excise.components import Head, Neuron
+from excise.hooks import act_name, site_name
 from excise.locate.localization import Localization
-from excise.locate.patch import SITES, PatchSetup, patch_with
+from excise.locate.patch import PatchSetup, patch_with
 
 
 def attribution_scores(setup: PatchSetup, site: str) -> torch.Tensor:
     """AtP estimates ``[layer, head]`` or ``[layer, neuron]`` for a prepared pair."""
     model = setup.model
     n = model.cfg.n_layers
-    names = [f"blocks.{layer}.{SITES[site]}" for layer in range(n)]
+    names = [act_name(site, layer) for layer in range(n)]
     acts: dict[str, torch.Tensor] = {}
 
     def leaf(act, hook):  # make everything downstream differentiable even with frozen weights
@@ -54,18 +56,13 @@ def attribution_patch(model, clean, corrupted, answer, wrong_answer, site: str =
     Arguments as :func:`excise.locate.activation_patch`. ``verify_top``: re-check that many
     top-|score| candidates with exact patching; ``meta["verified"]`` lists estimate vs exact.
     """
-    if site not in ("head", "neuron"):
-        raise ValueError(f"attribution_patch scores 'head' or 'neuron', got {site!r}")
+    site = site_name(site, ("head", "neuron"))
     setup = PatchSetup(model, clean, corrupted, answer, wrong_answer, sites=(site,))
     scores = attribution_scores(setup, site)
     width = scores.shape[1]
-    meta = {"clean": model.to_string(setup.clean_tokens[0]),
-            "corrupted": model.to_string(setup.corrupted_tokens[0]),
-            "clean_logit_diff": setup.clean_ld, "corrupted_logit_diff": setup.corrupted_ld}
+    meta = setup.meta()
     if verify_top > 0:
         order = scores.flatten().abs().argsort(descending=True)[:verify_top]
-        from excise.components import Head, Neuron
-
         kind = Head if site == "head" else Neuron
         candidates = [kind(int(i) // width, int(i) % width) for i in order]
         exact = patch_with(setup, site, candidates, progress=progress).scores
@@ -77,4 +74,5 @@ def attribution_patch(model, clean, corrupted, answer, wrong_answer, site: str =
             scores[c.layer, col] = exact[c.layer, col]
     labels = {"layer": [str(i) for i in range(scores.shape[0])], site: [str(i) for i in range(width)]}
     return Localization(scores, ("layer", site), labels, "attribution_patch", site,
-                        {"metric": "normalised_logit_diff", "verify_top": verify_top}, meta)
+                        {"metric": "normalised_logit_diff", "verify_top": verify_top}, meta,
+                        **setup.about())

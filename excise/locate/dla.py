@@ -13,6 +13,7 @@ import einops
 import torch
 
 from excise.components import attn_out_weight, out_proj_weight
+from excise.hooks import act_name, site_name
 from excise.locate._inputs import fact_tokens, warn_if_unknown
 from excise.locate.localization import Localization
 
@@ -36,13 +37,11 @@ def _unembed_direction(model, final: torch.Tensor, target: int) -> torch.Tensor:
 @torch.no_grad()
 def direct_logit_attribution(model, fact, site: str = "head") -> Localization:
     """Direct share of ``logit(first target token)`` per head (``[layer, head]``) or neuron."""
-    if site not in ("head", "neuron"):
-        raise ValueError(f"site must be 'head' or 'neuron', got {site!r}")
+    site = site_name(site, ("head", "neuron"))
     ft = fact_tokens(model, fact)
     cfg = model.cfg
-    hook = "attn.hook_z" if site == "head" else "mlp.hook_post"
-    names = [f"blocks.{layer}.{hook}" for layer in range(cfg.n_layers)]
-    final_name = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
+    names = [act_name(site, layer) for layer in range(cfg.n_layers)]
+    final_name = act_name("resid_post", cfg.n_layers - 1)
     logits, cache = model.run_with_cache(ft.tokens, names_filter=lambda n: n in names or n == final_name)
     warn_if_unknown(model, ft, logits[:, ft.read], fact.target)
     last = ft.n_prompt - 1
@@ -60,6 +59,6 @@ def direct_logit_attribution(model, fact, site: str = "head") -> Localization:
     return Localization(
         scores, ("layer", site),
         {"layer": [str(i) for i in range(cfg.n_layers)], site: [str(i) for i in range(scores.shape[1])]},
-        "direct_logit_attribution", site, {"position": "last_prompt_token"},
-        {"prompt": ft.prompt, "target": fact.target, "fact_id": getattr(fact, "id", None)},
+        "direct_logit_attribution", site, {"position": "last_prompt_token"}, {},
+        prompt=ft.prompt, target=fact.target, fact_id=getattr(fact, "id", None),
     )

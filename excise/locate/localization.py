@@ -3,8 +3,13 @@
 A localization is a score tensor whose axes are named (``("layer", "position")`` for causal traces
 and per-position patching, ``("layer", "head")`` for heads, ``("layer", "neuron")`` for neurons),
 the labels of each axis (token strings for positions), and the method and settings that made it.
+Every localization names what it is about in the same fixed fields (``prompt``, ``target``,
+``fact_id``); what only one method has (noise scale, the corrupted prompt, ...) sits in ``meta``.
+``site`` is one of the names of :data:`excise.hooks.SITES`.
+
 ``top(k)`` turns the scores into addressed components (:mod:`excise.components`) that the editors
-accept; ``plot()`` draws it; ``to_json()`` / ``from_json()`` store it.
+accept; ``edit_layer()`` is the one rule for choosing the MLP layer a rank-one edit rewrites;
+``plot()`` draws it; ``to_json()`` / ``from_json()`` store it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import torch
 
 from excise.components import MLP, Component, Head, Neuron
 
-_MLP_SITES = {"mlp", "mlp_out"}
+EARLY_FRACTION = 0.6
+""":meth:`Localization.edit_layer` looks in the first 60% of the layers (ROME's restriction)."""
 
 
 @dataclass
@@ -24,7 +30,9 @@ class Localization:
     """Scores over named axes, with labels, method, settings and extras.
 
     ``scores`` has one dimension per name in ``axes``; ``labels[axis]`` names each index of that
-    axis (token strings for ``"position"``). ``site`` is the activation the scores are about.
+    axis (token strings for ``"position"``; layer numbers for ``"layer"``, which may be a subset
+    of the model's layers). ``site`` is the activation the scores are about; ``prompt`` (filled
+    in), ``target`` and ``fact_id`` what they explain.
     """
 
     scores: torch.Tensor
@@ -34,6 +42,9 @@ class Localization:
     site: str | None = None
     settings: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    prompt: str | None = None
+    target: str | None = None
+    fact_id: str | None = None
 
     def __post_init__(self) -> None:
         self.axes = tuple(self.axes)
@@ -54,21 +65,56 @@ class Localization:
             raise ValueError(f"k must be >= 1, got {k}")
         scores = self.scores.float()
         if self.axes == ("layer", "position"):
-            if self.site not in _MLP_SITES:
-                raise ValueError(
-                    f"a {self.method} map of site {self.site!r} names no editable component; "
-                    "locate with site='mlp' (causal_trace) or 'mlp_out' (activation_patch) for MLP layers"
-                )
+            self._require_mlp_map("names no editable component")
             best = scores.max(dim=1).values  # [layer]
             order = best.argsort(descending=True)[:k]
-            return [MLP(int(layer)) for layer in order]
+            return [MLP(self.layer_number(int(row))) for row in order]
         if self.axes in (("layer", "head"), ("layer", "neuron")):
             flat = scores.flatten()
             order = flat.argsort(descending=True)[:k]
             width = scores.shape[1]
             kind = Head if self.axes[1] == "head" else Neuron
-            return [kind(int(i) // width, int(i) % width) for i in order]
+            return [kind(self.layer_number(int(i) // width), int(i) % width) for i in order]
         raise ValueError(f"top() does not know how to name components of axes {self.axes}")
+
+    def layer_number(self, row: int) -> int:
+        """The model layer of row ``row`` of the layer axis (its label, when labelled)."""
+        labels = self.labels.get("layer")
+        return int(labels[row]) if labels else row
+
+    def edit_layer(self, early_fraction: float = EARLY_FRACTION) -> tuple[int, str]:
+        """``(layer, why)``: the MLP layer a rank-one edit of this fact should rewrite.
+
+        The argmax of this MLP map at the subject's last token, among the first
+        ``early_fraction`` of the layers (as in ROME: late MLPs mostly carry the answer forward
+        rather than recall it from the subject). Needs a ``("layer", "position")`` map of the
+        ``"mlp"`` site that knows the subject's positions (a causal trace, or activation
+        patching, where the differing positions are the subject's).
+        """
+        self._require_mlp_map("cannot choose an MLP layer to edit")
+        positions = self.meta.get("subject_positions") or self.meta.get("differing_positions")
+        if not positions:
+            raise ValueError(f"this {self.method} map does not record the subject's positions; "
+                             "choose the layer from a causal_trace(model, fact, site='mlp')")
+        position = positions[-1]
+        column = self.scores[:, position].float()  # [layer]
+        n_layers = len(column)
+        allowed = max(1, int(round(early_fraction * n_layers)))
+        row = int(column[:allowed].argmax())
+        layer = self.layer_number(row)
+        method = self.method.replace("_", "-")
+        why = (f"layer {layer}: largest MLP {method} effect at the subject's last token (position "
+               f"{position}, effect {float(column[row]):.3f}) among layers 0-{allowed - 1} "
+               f"(the first {early_fraction:.0%}); over all layers the peak is layer "
+               f"{self.layer_number(int(column.argmax()))}")
+        return layer, why
+
+    def _require_mlp_map(self, what: str) -> None:
+        if self.axes != ("layer", "position") or self.site != "mlp":
+            raise ValueError(
+                f"a {self.method} map of site {self.site!r} {what}; locate with site='mlp' "
+                "(causal_trace or activation_patch) for MLP layers"
+            )
 
     def plot(self):
         """A plotly figure of the scores (see :func:`excise.locate.plots.plot_localization`)."""
@@ -85,14 +131,19 @@ class Localization:
             "site": self.site,
             "settings": self.settings,
             "meta": self.meta,
+            "prompt": self.prompt,
+            "target": self.target,
+            "fact_id": self.fact_id,
         })
 
     @classmethod
     def from_json(cls, text: str) -> Localization:
+        """Read :meth:`to_json`'s text back (also records written before the fixed fields)."""
         record = json.loads(text)
         missing = {"scores", "axes", "labels", "method"} - set(record)
         if missing:
             raise ValueError(f"not a Localization record: missing {sorted(missing)}")
+        meta = record.get("meta", {})
         return cls(
             scores=torch.tensor(record["scores"], dtype=torch.float32),
             axes=tuple(record["axes"]),
@@ -100,5 +151,8 @@ class Localization:
             method=record["method"],
             site=record.get("site"),
             settings=record.get("settings", {}),
-            meta=record.get("meta", {}),
+            meta=meta,
+            prompt=record.get("prompt", meta.get("prompt") or meta.get("clean")),
+            target=record.get("target", meta.get("target") or meta.get("answer")),
+            fact_id=record.get("fact_id", meta.get("fact_id")),
         )

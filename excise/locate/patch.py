@@ -20,14 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from excise.components import Head, Neuron
-from excise.locate._inputs import differing, pair_tokens, token_id, token_labels
+from excise.hooks import AXIS, SITES, act_name, site_name
+from excise.locate._inputs import differing, pair_tokens
 from excise.locate._runner import Runner, chunks, rows_per_chunk
 from excise.locate.localization import Localization
+from excise.tokens import encode_prompt, fill_prompt, token_id, token_labels
 
 log = logging.getLogger(__name__)
-
-SITES = {"resid_pre": "hook_resid_pre", "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out",
-         "head": "attn.hook_z", "neuron": "mlp.hook_post"}
 
 
 class PatchSetup:
@@ -40,8 +39,8 @@ class PatchSetup:
         self.diff = differing(model, self.clean_tokens, self.corrupted_tokens)
         self.answer, self.wrong = token_id(model, answer), token_id(model, wrong_answer)
         n = model.cfg.n_layers
-        names = [f"blocks.{layer}.{SITES[s]}" for layer in range(n) for s in sites]
-        resid = [f"blocks.{layer}.hook_resid_pre" for layer in range(n)]
+        names = [act_name(s, layer) for layer in range(n) for s in sites]
+        resid = [act_name("resid", layer) for layer in range(n)]
         self.clean = Runner(model, self.clean_tokens, names)
         self.corrupted = Runner(model, self.corrupted_tokens, resid)
         self.read = [self.clean_tokens.shape[1] - 1]
@@ -50,6 +49,18 @@ class PatchSetup:
         if abs(self.clean_ld - self.corrupted_ld) < 1e-6:
             raise ValueError("the clean and corrupted runs give the same logit difference: the "
                              "metric cannot be normalised; choose prompts the model answers differently")
+
+    def about(self) -> dict:
+        """The fixed fields of a Localization of this pair: clean prompt and answer token."""
+        return {"prompt": self.model.to_string(self.clean_tokens[0]),
+                "target": token_labels(self.model, [self.answer])[0]}
+
+    def meta(self) -> dict:
+        """What a localization of this pair records besides its fixed fields."""
+        return {"corrupted": self.model.to_string(self.corrupted_tokens[0]),
+                "wrong_answer": token_labels(self.model, [self.wrong])[0],
+                "clean_logit_diff": self.clean_ld, "corrupted_logit_diff": self.corrupted_ld,
+                "differing_positions": self.diff}
 
     def logit_diff(self, logits: torch.Tensor) -> torch.Tensor:
         """``[batch]`` answer-minus-wrong logit at the (single) read position."""
@@ -80,7 +91,7 @@ class PatchSetup:
             hooks, segments, joins = [], [], {}
             for j, runs, rows in _segments(batch):
                 layer = jobs[j][0]
-                base = self.corrupted.cache[f"blocks.{layer}.hook_resid_pre"]  # [1, pos, d_model]
+                base = self.corrupted.cache[act_name("resid", layer)]  # [1, pos, d_model]
                 join = base.expand(len(rows), -1, -1).clone()
                 hooks += jobs[j][2](runs, rows, join)
                 joins.setdefault(layer, []).append(join)
@@ -105,19 +116,18 @@ def _segments(batch: list[tuple[int, int]]):
             first = k
 
 
-def activation_patch(model, clean, corrupted, answer, wrong_answer, site: str = "resid_pre",
+def activation_patch(model, clean, corrupted, answer, wrong_answer, site: str = "resid",
                      components=None, progress: bool = True) -> Localization:
     """Patch every clean activation of ``site`` into the corrupted run, one at a time.
 
     ``clean``/``corrupted``: prompts (strings, BOS added) or token tensors of equal length.
-    ``answer``/``wrong_answer``: single tokens (strings or ids). ``site``: ``resid_pre``,
-    ``attn_out``, ``mlp_out`` (scores ``[layer, position]``), ``head`` (``[layer, head]``, all
+    ``answer``/``wrong_answer``: single tokens (strings or ids). ``site`` (:data:`excise.hooks.SITES`):
+    ``resid``, ``attn``, ``mlp`` (scores ``[layer, position]``), ``head`` (``[layer, head]``, all
     positions, on ``attn.hook_z``) or ``neuron`` (``[layer, neuron]``, all positions, on
     ``mlp.hook_post``). ``components``: optional list of ``Head``/``Neuron`` to patch (others stay
     NaN), useful because all neurons is ``n_layers * d_mlp`` patched runs.
     """
-    if site not in SITES:
-        raise ValueError(f"site must be one of {sorted(SITES)}, got {site!r}")
+    site = site_name(site)
     setup = PatchSetup(model, clean, corrupted, answer, wrong_answer, sites=(site,))
     return patch_with(setup, site, components, progress)
 
@@ -142,18 +152,12 @@ def patch_with(setup: PatchSetup, site: str, components=None, progress: bool = T
         results = setup.run_layers(jobs, on_batch=bar.update)
     for layer, result in zip(layers, results):
         scores[layer, torch.tensor(wanted[layer])] = result
-    axis = {"head": "head", "neuron": "neuron"}.get(site, "position")
+    axis = AXIS[site]
     labels = {"layer": [str(i) for i in range(cfg.n_layers)],
               axis: token_labels(setup.model, setup.clean_tokens[0]) if axis == "position"
               else [str(i) for i in range(scores.shape[1])]}
-    meta = {"clean": setup.model.to_string(setup.clean_tokens[0]),
-            "corrupted": setup.model.to_string(setup.corrupted_tokens[0]),
-            "answer": token_labels(setup.model, [setup.answer])[0],
-            "wrong_answer": token_labels(setup.model, [setup.wrong])[0],
-            "clean_logit_diff": setup.clean_ld, "corrupted_logit_diff": setup.corrupted_ld,
-            "differing_positions": setup.diff}
     return Localization(scores, ("layer", axis), labels, "activation_patch", site,
-                        {"metric": "normalised_logit_diff"}, meta)
+                        {"metric": "normalised_logit_diff"}, setup.meta(), **setup.about())
 
 
 def _wanted(components, site: str, n_layers: int, width: int) -> dict[int, list[int]]:
@@ -170,18 +174,18 @@ def _wanted(components, site: str, n_layers: int, width: int) -> dict[int, list[
 
 def _patcher(setup: PatchSetup, site: str, layer: int, index: torch.Tensor):
     """``make_patch`` for :meth:`PatchSetup.run_layers`: run ``r`` patches ``index[r]`` at ``layer``."""
-    name = f"blocks.{layer}.{SITES[site]}"
+    name = act_name(site, layer)
     clean = setup.clean.cache.get(name)
 
     def make_patch(runs: slice, rows: torch.Tensor, join: torch.Tensor):
         idx = index[runs]
-        if site == "resid_pre":  # the rows enter the batch at this layer: patch their input
+        if site == "resid":  # the rows enter the batch at this layer: patch their input
             join[torch.arange(len(idx)), idx] = clean[0, idx].to(join.dtype)
             return []
 
         def hook(act, hook):
             act = act.clone()
-            if site in ("attn_out", "mlp_out"):  # [batch, pos, d_model], idx = positions
+            if site in ("attn", "mlp"):  # [batch, pos, d_model], idx = positions
                 act[rows, idx] = clean[0, idx].to(act.dtype)
             elif site == "head":  # [batch, pos, head, d_head], idx = heads
                 act[rows, :, idx] = clean[0][:, idx].transpose(0, 1).to(act.dtype)
@@ -199,10 +203,8 @@ def counterfactual_pair(model, fact, facts) -> tuple[str, str, int, int]:
     ``fact``'s prompt the same token length and whose target starts with another token; answers
     are the first tokens of the two targets.
     """
-    from excise.locate._inputs import fill_prompt, prompt_ids
-
-    text, _ = fill_prompt(fact)
-    n = len(prompt_ids(model, text))
+    text, _ = fill_prompt(fact.prompt, fact.subject)
+    n = len(encode_prompt(model, text))
     first = model.tokenizer(fact.target, add_special_tokens=False)["input_ids"][0]
     for other in facts:
         if other.id == fact.id or fact.relation is None or other.relation != fact.relation:
@@ -210,7 +212,7 @@ def counterfactual_pair(model, fact, facts) -> tuple[str, str, int, int]:
         corrupted = fact.prompt.replace("{}", other.subject) if "{}" in fact.prompt \
             else text.replace(fact.subject, other.subject)
         wrong = model.tokenizer(other.target, add_special_tokens=False)["input_ids"][0]
-        if wrong != first and len(prompt_ids(model, corrupted)) == n:
+        if wrong != first and len(encode_prompt(model, corrupted)) == n:
             return text, corrupted, first, wrong
     raise ValueError(
         f"no fact of relation {fact.relation!r} in the given set has a subject with the same token "
@@ -219,12 +221,12 @@ def counterfactual_pair(model, fact, facts) -> tuple[str, str, int, int]:
     )
 
 
-def fact_activation_patch(model, fact, facts, site: str = "resid_pre", progress: bool = True,
+def fact_activation_patch(model, fact, facts, site: str = "resid", progress: bool = True,
                           **kwargs) -> Localization:
     """Activation patching of ``fact`` against a counterfactual subject picked from ``facts``
     (see :func:`counterfactual_pair`)."""
     clean, corrupted, answer, wrong = counterfactual_pair(model, fact, facts)
     loc = activation_patch(model, clean, corrupted, answer, wrong, site=site, progress=progress,
                            **kwargs)
-    loc.meta.update({"fact_id": fact.id, "prompt": clean, "target": fact.target})
+    loc.fact_id, loc.prompt, loc.target = fact.id, clean, fact.target
     return loc

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-_SITE_NAMES = {"mlp": "MLP", "mlp_out": "MLP", "attn": "Attn", "attn_out": "Attn",
-               "resid": "Resid", "resid_pre": "Resid"}
+_SITE_NAMES = {"mlp": "MLP", "attn": "Attn", "resid": "Resid"}
 
 
 def plot_localization(loc, top_neurons: int = 20) -> go.Figure:
@@ -24,8 +23,7 @@ def plot_localization(loc, top_neurons: int = 20) -> go.Figure:
 
 
 def _title(loc) -> str:
-    what = loc.meta.get("prompt") or loc.meta.get("clean") or ""
-    target = loc.meta.get("target") or loc.meta.get("answer") or ""
+    what, target = loc.prompt or "", loc.target or ""
     site = f" ({loc.site})" if loc.site else ""
     return f"{loc.method}{site}: {what!r} -> {target!r}" if what else f"{loc.method}{site}"
 
@@ -39,8 +37,8 @@ def _layer_position(loc) -> go.Figure:
     hover = [[f"{name} L{layer} @ {tok!r} (pos {p})<br>score {scores[p, layer]:.4f}"
               for layer in layers] for p, tok in enumerate(tokens)]
     fig = go.Figure(go.Heatmap(z=scores.tolist(), x=layers, y=ylabels, text=hover,
-                               hoverinfo="text", colorscale="Purples" if loc.site in ("mlp", "mlp_out")
-                               else "Greens" if loc.site in ("attn", "attn_out") else "Blues"))
+                               hoverinfo="text", colorscale="Purples" if loc.site == "mlp"
+                               else "Greens" if loc.site == "attn" else "Blues"))
     fig.update_layout(title=_title(loc), xaxis_title="layer", yaxis_title="token",
                       yaxis_autorange="reversed", height=max(300, 28 * len(tokens) + 150))
     return fig

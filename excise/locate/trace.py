@@ -22,13 +22,16 @@ import logging
 import torch
 from tqdm.auto import tqdm
 
-from excise.locate._inputs import fact_tokens, target_logprob, warn_if_unknown
+from excise.hooks import act_name, site_name
+from excise.locate._inputs import fact_tokens, warn_if_unknown
 from excise.locate._runner import Runner, chunks, rows_per_chunk
 from excise.locate.localization import Localization
+from excise.scoring import target_logprob
 
 log = logging.getLogger(__name__)
 
-SITES = {"resid": None, "mlp": "hook_mlp_out", "attn": "hook_attn_out"}
+SITES = ("resid", "mlp", "attn")
+"""The sites a causal trace restores (names of :data:`excise.hooks.SITES`)."""
 
 
 def embedding_std(model) -> float:
@@ -41,18 +44,18 @@ def causal_trace(model, fact, site: str = "resid", samples: int = 10, noise: flo
                  window: int = 10, seed: int = 0, progress: bool = True) -> Localization:
     """Trace ``fact`` at ``site``; scores ``[layer, position]`` are target probabilities.
 
-    ``noise`` is the absolute noise scale (default ``3 * embedding_std(model)``); ``samples``
-    noise draws are averaged. ``meta`` holds ``subject_positions`` (indices into
-    ``model.to_tokens(prompt)``), ``clean_score``, ``corrupted_score``, ``prompt``, ``target``.
+    ``site``: ``"resid"``, ``"mlp"`` or ``"attn"`` (:data:`excise.hooks.SITES`). ``noise`` is the
+    absolute noise scale (default ``3 * embedding_std(model)``); ``samples`` noise draws are
+    averaged. ``meta`` holds ``subject_positions`` (indices into ``model.to_tokens(prompt)``),
+    ``clean_score``, ``corrupted_score``, ``subject``, ``n_tokens``.
     """
-    if site not in SITES:
-        raise ValueError(f"site must be one of {sorted(SITES)}, got {site!r}")
+    site = site_name(site, SITES)
     if samples < 1 or window < 1:
         raise ValueError("samples and window must be >= 1")
     ft = fact_tokens(model, fact)
     scale = 3 * embedding_std(model) if noise is None else float(noise)
     n_layers, pos = model.cfg.n_layers, ft.tokens.shape[1]
-    clean_names = [f"blocks.{layer}.{SITES[site] or 'hook_resid_pre'}" for layer in range(n_layers)]
+    clean_names = [act_name(site, layer) for layer in range(n_layers)]
     clean = Runner(model, ft.tokens, clean_names)
     clean_logits = clean.logits[:, ft.read]
     warn_if_unknown(model, ft, clean_logits, fact.target)
@@ -74,8 +77,8 @@ def causal_trace(model, fact, site: str = "resid", samples: int = 10, noise: flo
         settings={"samples": samples, "noise": scale, "window": window if site != "resid" else 1,
                   "seed": seed},
         meta={"subject_positions": ft.subject_positions, "clean_score": clean_score,
-              "corrupted_score": corrupted_score, "prompt": ft.prompt, "target": fact.target,
-              "subject": fact.subject, "fact_id": getattr(fact, "id", None), "n_tokens": pos},
+              "corrupted_score": corrupted_score, "subject": fact.subject, "n_tokens": pos},
+        prompt=ft.prompt, target=fact.target, fact_id=getattr(fact, "id", None),
     )
 
 
@@ -94,7 +97,7 @@ def _corrupted_states(model, ft, samples: int, scale: float, seed: int):
         embed[:, subject] += noise.to(embed.dtype)
         return embed
 
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
+    names = [act_name("resid", layer) for layer in range(model.cfg.n_layers)]
     runner = Runner(model, ft.tokens.expand(samples, -1), names, fwd_hooks=[("hook_embed", add_noise)])
     probs = target_logprob(runner.logits[:, ft.read], ft.target_ids).exp()
     states = {layer: runner.cache[name] for layer, name in enumerate(names)}
@@ -120,10 +123,10 @@ def _restore_layer(clean: Runner, corrupted: dict, ft, site: str, layer: int, po
         resid = corrupted[start][sample_].clone()  # [rows, pos, d_model]
         hooks = []
         if site == "resid":
-            resid[rows, pos_] = clean.cache[f"blocks.{layer}.hook_resid_pre"][0, pos_]
+            resid[rows, pos_] = clean.cache[act_name("resid", layer)][0, pos_]
         else:
             for restored_layer in restored:
-                name = f"blocks.{restored_layer}.{SITES[site]}"
+                name = act_name(site, restored_layer)
                 hooks.append((name, _restore_hook(clean.cache[name][0], rows, pos_)))
         logits = clean.run_from(start, resid, ft.read, hooks)
         out[part] = target_logprob(logits, ft.target_ids).exp().cpu()

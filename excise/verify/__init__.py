@@ -1,26 +1,28 @@
 """Verify: efficacy, specificity, fluency and robustness probes, before and after an edit.
 
-* :func:`verify` - measure an edited model against its original and return a :class:`Report`;
+* :func:`verify` - measure an edited model against its original and return a :class:`Report`
+  (the package itself is callable: ``excise.verify(model, fact)``);
 * :class:`Report` - ``to_json()``, ``to_html(path)`` (one self-contained page), ``table()``;
-* the probes (:mod:`~excise.verify.probes`, :mod:`~excise.verify.relearn`,
-  :mod:`~excise.verify.linear_probe`) and the criteria (:mod:`~excise.verify.criteria`).
+* the robustness probes, one module each under :mod:`excise.verify.probes` behind a registry
+  (:mod:`excise.verify.probes.registry`: a new probe is one file plus one catalog line);
+* model quality (perplexity, fluency) in :mod:`excise.verify.quality`. What "forgotten" and
+  "kept" mean is :mod:`excise.criteria`'s.
 """
 
 from __future__ import annotations
 
-from excise._lazy import lazy_exports
+from excise._lazy import lazy_exports, make_callable
 
 _EXPORTS = {
     "verify": "excise.verify.core",
     "Report": "excise.verify.report",
     "FactReport": "excise.verify.report",
     "ProbeOutcome": "excise.verify.outcome",
-    "forgotten": "excise.verify.criteria",
-    "kept": "excise.verify.criteria",
-    "relearn": "excise.verify.relearn",
-    "run_demo": "excise.verify.demo",
+    "relearn": "excise.verify.probes.relearn",
 }
 
 __all__ = sorted(_EXPORTS)
 
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+make_callable(__name__, "excise.verify.core", "verify")  # excise.verify(model, fact)

@@ -21,6 +21,8 @@ import warnings
 
 import torch
 
+from excise.hooks import act_name
+
 
 def trace_facts(model, facts, samples: int = 5, progress: bool = False) -> list[dict]:
     """Per fact: the causal trace (``Localization`` as a dict), ``heads``, ``neurons``, ``attention``."""
@@ -61,7 +63,7 @@ def pair_states(before: list[dict], after: list[dict], n_neurons: int = 20) -> d
 @torch.no_grad()
 def last_position_attention(model, prompt: str) -> torch.Tensor:
     """``[layer, head, pos]``: how much each head attends from the last token to each position."""
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    names = [act_name("pattern", layer) for layer in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(model.to_tokens(prompt), names_filter=lambda n: n in names)
     return torch.stack([cache[n][0, :, -1] for n in names]).float().cpu()  # [layer, head, pos]
 

@@ -2,27 +2,33 @@
 
 The "before" state is either a separate ``original`` model or the edited model itself with its
 recorded edits (``model.excise_edits``) temporarily reverted, newest first. Both states get the
-same measurements (scores of prompt, paraphrases, neighbours and same-subject facts; the logit
-lens, format and linear probes; perplexity and fluency); the relearning attack runs on the edited
-state only and leaves its weights untouched. Probes that need *other facts of the same relation*
-(few-shot context, multiple-choice distractors, relearning data, linear-probe training) draw them
-from :func:`related_probes`: never the verified facts, never a fact sharing a verified answer.
+same measurements: the scores of each fact's groups (prompt, paraphrases, neighbours, same-subject
+facts; :mod:`excise.comparison`), every selected robustness probe
+(:mod:`excise.verify.probes.registry`), perplexity and fluency. Attack probes (relearning) run on
+the edited state only and leave its weights untouched. Probes that need *other facts of the same
+relation* (few-shot context, multiple-choice distractors, relearning data, linear-probe training)
+draw them from :func:`related_probes`: never the verified facts, never a fact sharing a verified
+answer.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
+from dataclasses import dataclass
 
+from excise.comparison import Comparison, fact_pairs, score_groups
 from excise.facts import Fact, Probe
-from excise.verify import metrics, outcome
-from excise.verify import probes as P
-from excise.verify.report import FactReport, Report
+from excise.scoring import Scores
+from excise.verify import outcome
+from excise.verify.probes.base import RobustnessProbe, Setup, Skipped
+from excise.verify.probes.registry import PROBES, select
+from excise.verify.quality import Quality, model_quality
+from excise.verify.report import FactReport, Report, Summary
 
 log = logging.getLogger(__name__)
 
-PROBES = ("logit_lens", "formats", "relearn", "linear_probe")
-FORMATS = ("question", "multiple_choice", "few_shot")
+__all__ = ["PROBES", "related_probes", "verify"]
 
 
 def related_probes(fact: Fact, pool, exclude_targets: set[str], exclude_ids: set[str]) -> list[Probe]:
@@ -58,9 +64,19 @@ def _default_pool(facts) -> list[Fact]:
         return []
 
 
+@dataclass
+class _State:
+    """What one model state measured: ``scores[i][group]``, ``readings[probe][i]``, quality."""
+
+    scores: list[dict[str, Scores]]
+    readings: dict[str, list]
+    quality: Quality
+    circuits: list[dict] | None = None
+
+
 def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: int = 20,
-           relearn_lr: float = 5e-5, relearn_facts: int = 16, pool=None, fluency_tokens: int = 30, perplexity: bool = True,
-           few_shot_k: int = 3, mc_orders: int = 3, circuits: bool = False,
+           relearn_lr: float = 5e-5, relearn_facts: int = 16, pool=None, fluency_tokens: int = 30,
+           perplexity: bool = True, few_shot_k: int = 3, mc_orders: int = 3, circuits: bool = False,
            progress: bool = True) -> Report:
     """Verify that ``edited`` forgot ``fact_or_facts`` (a Fact or a list) and kept the rest.
 
@@ -78,19 +94,19 @@ def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: i
     facts = [fact_or_facts] if isinstance(fact_or_facts, Fact) else list(fact_or_facts)
     if not facts:
         raise ValueError("verify needs at least one fact")
-    unknown = set(probes) - set(PROBES)
-    if unknown:
-        raise ValueError(f"unknown probe(s) {sorted(unknown)}; choose from {PROBES}")
+    chosen = select(probes)
     pool = _default_pool(facts) if pool is None else list(pool)
     targets, ids = {f.target for f in facts}, {f.id for f in facts}
-    related = [related_probes(f, pool, targets, ids) for f in facts]
+    setup = Setup(related=[related_probes(f, pool, targets, ids) for f in facts], few_shot_k=few_shot_k,
+                  mc_orders=mc_orders, relearn_steps=relearn_steps, relearn_lr=relearn_lr,
+                  relearn_facts=relearn_facts, progress=progress)
     settings = dict(probes=list(probes), relearn_steps=relearn_steps, relearn_lr=relearn_lr,
                     relearn_facts=relearn_facts,
                     fluency_tokens=fluency_tokens, few_shot_k=few_shot_k, mc_orders=mc_orders)
+    on_states = [p for p in chosen if not p.attack]
 
-    def measure(model) -> dict:
-        return _measure(model, facts, related, probes, fluency_tokens, perplexity, few_shot_k,
-                        mc_orders, circuits, progress)
+    def measure(model) -> _State:
+        return _measure(model, facts, on_states, setup, fluency_tokens, perplexity, circuits)
 
     after = measure(edited)
     edits = list(getattr(edited, "excise_edits", []) or [])
@@ -105,156 +121,60 @@ def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: i
     else:
         log.warning("no original model and no recorded edits: 'before' equals 'after'")
         before, source = after, "same model (no edit recorded)"
-    relearned = _relearn(edited, facts, [r[:relearn_facts] for r in related], relearn_steps, relearn_lr,
-                             progress) \
-        if "relearn" in probes else {}
-    reports = [_fact_report(i, f, before, after, relearned, related[i], probes)
-               for i, f in enumerate(facts)]
+    attacked = {p.name: p.measure(edited, facts, setup) for p in chosen if p.attack}
+    reports = [_fact_report(i, facts, before, after, attacked, chosen, len(setup.related[i]))
+               for i in range(len(facts))]
     settings["before"] = source
-    return Report(facts=reports, before=_quality(before), after=_quality(after), settings=settings,
+    return Report(facts=reports, before=before.quality, after=after.quality, settings=settings,
                   model=getattr(edited, "excise_name", type(edited).__name__),
                   edits=[_edit_summary(e) for e in edits], circuits=_circuits(before, after))
 
 
-def _measure(model, facts, related, probes, fluency_tokens, perplexity, k, orders, circuits, progress):
-    state = {"scores": metrics.score_facts(model, facts)}
-    if "logit_lens" in probes:
-        state["logit_lens"] = P.logit_lens(model, facts)
-    if "formats" in probes:
-        state["question"] = P.question(model, facts)
-        with_mc = [i for i, r in enumerate(related) if len({p.target.strip() for p in r}) >= 3]
-        mc = P.multiple_choice(model, [facts[i] for i in with_mc],
-                               [[p.target for p in related[i]] for i in with_mc], orders)
-        state["multiple_choice"] = dict(zip(with_mc, mc))
-        state["few_shot"] = P.few_shot(model, facts, [r[:k] for r in related])
-    if "linear_probe" in probes:
-        from excise.verify.linear_probe import probe
-
-        state["linear_probe"] = {}
-        for i, fact in enumerate(facts):
-            try:
-                state["linear_probe"][i] = probe(model, fact, related[i])
-            except ValueError as err:
-                state["linear_probe"][i] = str(err)
-    state["quality"] = metrics.model_quality(model, [f.text for f in facts], fluency_tokens, perplexity)
+def _measure(model, facts, probes: list[RobustnessProbe], setup: Setup, fluency_tokens: int,
+             perplexity: bool, circuits: bool) -> _State:
+    scores = score_groups(model, facts)
+    readings = {p.name: p.measure(model, facts, setup) for p in probes}
+    quality = model_quality(model, [f.text for f in facts], fluency_tokens, perplexity)
+    traced = None
     if circuits:
         from excise.verify.circuits import trace_facts
 
-        state["circuits"] = trace_facts(model, facts, progress=progress)
-    return state
+        traced = trace_facts(model, facts, progress=setup.progress)
+    return _State(scores, readings, quality, traced)
 
 
-def _relearn(edited, facts, related, steps, lr, progress) -> dict[int, dict]:
-    """One attack per group of facts sharing their training data; returns per-fact curves, each
-    with the mean probability of the answer for made-up subjects (the control) along the way."""
-    from excise.verify.relearn import control_probes, relearn
-
-    groups: dict[tuple, list[int]] = {}
-    for i, rel in enumerate(related):
-        groups.setdefault(tuple(p.prompt for p in rel), []).append(i)
-    out = {}
-    for members in groups.values():
-        train = related[members[0]]
-        if not train:
-            for i in members:
-                out[i] = "no other facts of this relation to relearn on"
-            continue
-        controls = [control_probes(facts[i]) for i in members]
-        watch = [Probe(facts[i].text, facts[i].target) for i in members]
-        curve = relearn(edited, train, watch + [p for c in controls for p in c], steps=steps, lr=lr,
-                        progress=progress)
-        start = len(members)
-        for j, i in enumerate(members):
-            stop = start + len(controls[j])
-            out[i] = {"steps": curve["steps"], "prob": [p[j] for p in curve["prob"]],
-                      "rank": [r[j] for r in curve["rank"]], "train_loss": curve["train_loss"],
-                      "n_train": len(train),
-                      "control_prob": [sum(p[start:stop]) / len(controls[j]) for p in curve["prob"]],
-                      "control_prompts": [p.prompt for p in controls[j]]}
-            start = stop
-    return out
+def _fact_report(i: int, facts, before: _State, after: _State, attacked: dict[str, list],
+                 probes: list[RobustnessProbe], n_related: int) -> FactReport:
+    fact = facts[i]
+    others = [f for j, f in enumerate(facts) if j != i]
+    comparison = Comparison(fact, fact_pairs(fact, others), before.scores[i], after.scores[i])
+    outcomes = [_judge(p, before, after, attacked, i, comparison) for p in probes]
+    b, a = comparison.before["prompt"], comparison.after["prompt"]
+    label, reason = outcome.verdict(comparison.prompt_forgotten, comparison.tally("paraphrases"),
+                                    outcomes, int(a.rank[0]), float(a.prob[0]), float(b.prob[0]))
+    return FactReport(fact=fact, verdict=label, reason=reason, summary=Summary.of(comparison),
+                      comparison=comparison, probes=outcomes, n_related=n_related)
 
 
-def _fact_report(i, fact, before, after, relearned, related, probes) -> FactReport:
-    from excise.verify.criteria import forgotten, kept
-
-    b, a = before["scores"][i], after["scores"][i]
-    prompt_gone = bool(forgotten(b["prompt"], a["prompt"])[0])
-    para_gone = forgotten(b["paraphrases"], a["paraphrases"]) if len(a["paraphrases"]) else None
-    outcomes = _outcomes(i, before, after, relearned, b, probes)
-    n_para = len(a["paraphrases"])
-    gone = int(para_gone.sum()) if para_gone is not None else 0
-    label, reason = outcome.verdict(prompt_gone, (gone, n_para), outcomes, int(a["prompt"].rank[0]),
-                                    float(a["prompt"].prob[0]), float(b["prompt"].prob[0]))
-    scores = {group: {"before": metrics.scores_dict(b[group]), "after": metrics.scores_dict(a[group])}
-              for group in metrics.GROUPS}
-    summary = {
-        "prompt_forgotten": prompt_gone,
-        "paraphrases_forgotten": f"{gone}/{n_para}",
-        "neighbors_kept": _share(kept(a["neighbors"]), kept(b["neighbors"])),
-        "same_subject_kept": _share(kept(a["same_subject"]), kept(b["same_subject"])),
-    }
-    return FactReport(fact=fact.to_dict(), verdict=label, reason=reason, summary=summary,
-                      scores=scores, probes=outcomes, n_related=len(related))
+def _judge(probe: RobustnessProbe, before: _State, after: _State, attacked: dict[str, list], i: int,
+           comparison: Comparison) -> outcome.ProbeOutcome:
+    """One probe's outcome on fact ``i``: "skipped" (with the reason) when a reading is skipped."""
+    if probe.attack:
+        pair = (None, attacked[probe.name][i])
+    else:
+        pair = (before.readings[probe.name][i], after.readings[probe.name][i])
+    skip = next((r for r in reversed(pair) if isinstance(r, Skipped)), None)
+    if skip is not None:
+        return outcome.skipped(probe.name, skip.reason)
+    return probe.judge(*pair, comparison)
 
 
-def _share(after_known, before_known) -> str:
-    """``"kept/known-before"``: among items known before the edit, how many are still known."""
-    was = before_known.bool()
-    return f"{int((after_known.bool() & was).sum())}/{int(was.sum())}"
-
-
-def _outcomes(i, before, after, relearned, b, probes) -> list[outcome.ProbeOutcome]:
-    out = []
-    if "logit_lens" in probes:
-        lb, la = before["logit_lens"][i], after["logit_lens"][i]
-        out.append(outcome.judge_scored(
-            "logit_lens", {**lb, "rank": lb["best_rank"], "prob": lb["best_prob"]},
-            {**la, "rank": la["best_rank"], "prob": la["best_prob"]},
-            f"logit lens at layer {la['best_layer']}"))
-    if "formats" in probes:
-        out.append(outcome.judge_known("question", before["question"][i], after["question"][i],
-                                       f"question ({after['question'][i]['question']!r})"))
-        if i in after["multiple_choice"]:
-            mb, ma = before["multiple_choice"][i], after["multiple_choice"][i]
-            out.append(outcome.judge_known("multiple_choice", mb, ma,
-                                           f"multiple choice ({ma['correct']}/{ma['orders']} orders right)"))
-        else:
-            out.append(outcome.skipped("multiple_choice", "fewer than 3 other answers of the relation"))
-        out.append(outcome.judge_scored("few_shot", before["few_shot"][i], after["few_shot"][i],
-                                        "few-shot fill-in"))
-    if "linear_probe" in probes:
-        pb, pa = before["linear_probe"][i], after["linear_probe"][i]
-        if isinstance(pa, str) or isinstance(pb, str):
-            out.append(outcome.skipped("linear_probe", pa if isinstance(pa, str) else pb))
-        else:
-            out.append(outcome.judge_known("linear_probe", pb, pa,
-                                           f"linear probe (rank {pa['rank']} of {pa['n_candidates']} "
-                                           f"at layer {pa['layer']})"))
-    if "relearn" in probes:
-        curve = relearned.get(i)
-        if isinstance(curve, dict):
-            before_num = {"rank": int(b["prompt"].rank[0]), "prob": float(b["prompt"].prob[0])}
-            after_num = {"rank": curve["rank"][-1], "prob": curve["prob"][-1], "curve": curve}
-            out.append(outcome.judge_relearn(
-                before_num, after_num,
-                f"relearning: probability returns to {curve['prob'][-1]:.2f} after "
-                f"{curve['steps'][-1]} steps on {curve['n_train']} other facts"))
-        else:
-            out.append(outcome.skipped("relearn", curve or "not run"))
-    return out
-
-
-def _quality(state) -> dict:
-    return state["quality"]
-
-
-def _circuits(before, after):
-    if "circuits" not in after:
+def _circuits(before: _State, after: _State) -> dict | None:
+    if after.circuits is None:
         return None
     from excise.verify.circuits import pair_states
 
-    return pair_states(before["circuits"], after["circuits"])
+    return pair_states(before.circuits, after.circuits)
 
 
 def _edit_summary(edit) -> dict:

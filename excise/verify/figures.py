@@ -1,4 +1,9 @@
-"""Figures of a verification report; each is a pure function returning a ``go.Figure``."""
+"""Figures of a verification report; each is a pure function returning a ``go.Figure``.
+
+The report-wide figures live here: the facts x probes outcome matrix and the before/after circuit
+figures. A probe's own figure lives in its module (``PROBE.figure``, reached through
+:meth:`excise.verify.report.FactReport.figure`).
+"""
 
 from __future__ import annotations
 
@@ -29,37 +34,6 @@ def probe_matrix(report) -> go.Figure:
     return fig
 
 
-def logit_lens(fact_report) -> go.Figure:
-    """Target probability and rank per layer of the residual stream, before and after the edit."""
-    o = fact_report.probe("logit_lens")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("p(target) in the logit lens", "rank of target"))
-    for state, dash in (("before", "dot"), ("after", "solid")):
-        data = getattr(o, state)
-        layers = list(range(len(data["layer_prob"])))
-        fig.add_trace(go.Scatter(x=layers, y=data["layer_prob"], name=f"p, {state}", line_dash=dash), 1, 1)
-        fig.add_trace(go.Scatter(x=layers, y=[r + 1 for r in data["layer_rank"]], name=f"rank+1, {state}",
-                                 line_dash=dash), 1, 2)
-    fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_xaxes(title_text="layer")
-    fig.update_layout(title=f"Logit lens: {fact_report.id}", height=380)
-    return fig
-
-
-def relearn_curve(fact_report) -> go.Figure:
-    """Forgotten target's probability during the relearning attack, with its original level."""
-    o = fact_report.probe("relearn")
-    curve = o.after["curve"]
-    fig = go.Figure(go.Scatter(x=curve["steps"], y=curve["prob"], mode="lines+markers",
-                               name="p(target) during relearning"))
-    if "control_prob" in curve:
-        fig.add_trace(go.Scatter(x=curve["steps"], y=curve["control_prob"], mode="lines+markers",
-                                 line_dash="dash", name="same answer, made-up subjects (control)"))
-    fig.add_hline(y=o.before["prob"], line_dash="dot", annotation_text="before the edit")
-    fig.update_layout(title=f"Relearning attack: {fact_report.id}", xaxis_title="fine-tuning step",
-                      yaxis_title="p(target)", height=350)
-    return fig
-
-
 def circuit_diff(before: dict, after: dict) -> go.Figure:
     """Causal traces (``[layer, position]`` probabilities) before, after, and after - before."""
     import numpy as np
@@ -72,7 +46,7 @@ def circuit_diff(before: dict, after: dict) -> go.Figure:
                                  zmid=0 if col == 3 else None, showscale=col != 2), 1, col)
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(title_text="layer")
-    fig.update_layout(title=f"Causal trace ({before.get('site')}): {before['meta'].get('prompt', '')}",
+    fig.update_layout(title=f"Causal trace ({before.get('site')}): {before.get('prompt') or ''}",
                       height=380)
     return fig
 

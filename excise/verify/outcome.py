@@ -1,4 +1,4 @@
-"""Compare a probe's before and after measurements, and turn them into a verdict with a reason.
+"""Compare a probe's before and after readings, and turn them into a verdict with a reason.
 
 Each probe yields one :class:`ProbeOutcome` per fact with a ``status``:
 
@@ -8,87 +8,98 @@ Each probe yields one :class:`ProbeOutcome` per fact with a ``status``:
   at chance on multiple choice), so it says nothing about the edit;
 * ``"skipped"``: the probe could not run (the reason says why, e.g. too few facts of the relation).
 
-Probes that score a probability (logit lens, few-shot, relearning) use the forgetting criterion of
-:mod:`excise.verify.criteria` in reverse: the answer is *recovered* when it is not forgotten, i.e.
-it is ranked first again or keeps more than 10% of its original probability. Probes with a yes/no
-answer (question, multiple choice, linear probe) are recovered when the answer is found after.
+A probe's reading of one model state is a small dataclass. Readings that score the answer
+(logit lens, few-shot, relearning) derive from :class:`Scored` and are judged with the forgetting
+criterion of :mod:`excise.criteria` in reverse: the answer is *recovered* when it is not
+forgotten, i.e. it is ranked first again or keeps more than 10% of its original probability.
+Readings with a yes/no answer (question, multiple choice, linear probe) derive from
+:class:`Answered` and are recovered when the answer is found after.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
+from excise.criteria import PROB_DROP, forgotten
 from excise.scoring import Scores
-from excise.verify.criteria import PROB_DROP, forgotten
 
 STATUSES = ("recovered", "forgotten", "uninformative", "skipped")
 
 
-@dataclass
-class ProbeOutcome:
-    """One probe on one fact: status, the reason in words, and the raw numbers before/after."""
-
-    probe: str
-    status: str
-    reason: str
-    before: dict = field(default_factory=dict)
-    after: dict = field(default_factory=dict)
+@dataclass(frozen=True)
+class Reading:
+    """A probe's measurement of one fact on one model state (subclasses add the numbers)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Scored(Reading):
+    """The answer's ``rank`` (0 = top) and ``prob`` as the probe reads them."""
+
+    rank: int
+    prob: float
+
+
+@dataclass(frozen=True)
+class Answered(Reading):
+    """Whether the probe finds the answer (``known``)."""
+
+    known: bool
+
+
+@dataclass
+class ProbeOutcome:
+    """One probe on one fact: status, the reason in words, and the readings before/after.
+
+    ``before``/``after`` are the probe's :class:`Reading` s; both are ``None`` when it was skipped.
+    """
+
+    probe: str
+    status: str
+    reason: str
+    before: Reading | None = None
+    after: Reading | None = None
+
+    def to_dict(self) -> dict:
+        return {"probe": self.probe, "status": self.status, "reason": self.reason,
+                "before": _plain(self.before), "after": _plain(self.after)}
+
+
+def _plain(reading: Reading | None) -> dict | None:
+    return None if reading is None else reading.to_dict()
+
+
 def returns(before_rank: int, before_prob: float, after_rank: int, after_prob: float) -> bool:
-    """True when the answer is *not* forgotten between the two measurements (criteria.py)."""
+    """True when the answer is *not* forgotten between the two measurements (excise.criteria)."""
     def one(rank, prob):
         logprob = torch.tensor([prob]).clamp_min(1e-45).log()
         return Scores(logprob, torch.tensor([rank]), torch.tensor([rank == 0]))
     return not bool(forgotten(one(before_rank, before_prob), one(after_rank, after_prob))[0])
 
 
-def judge_scored(probe: str, before: dict, after: dict, what: str) -> ProbeOutcome:
-    """Outcome of a probe with ``rank``/``prob`` numbers (``what`` names them in the reason)."""
-    if before["rank"] != 0 and before["prob"] < 0.05:
+def judge_scored(probe: str, before: Scored, after: Scored, what: str) -> ProbeOutcome:
+    """Outcome of a probe with ``rank``/``prob`` readings (``what`` names them in the reason)."""
+    if before.rank != 0 and before.prob < 0.05:
         return ProbeOutcome(probe, "uninformative", f"{what}: the answer was not found before the edit "
-                            f"(rank {before['rank']}, p={before['prob']:.3f})", before, after)
-    back = returns(before["rank"], before["prob"], after["rank"], after["prob"])
+                            f"(rank {before.rank}, p={before.prob:.3f})", before, after)
+    back = returns(before.rank, before.prob, after.rank, after.prob)
     status = "recovered" if back else "forgotten"
-    reason = (f"{what}: rank {after['rank']}, p={after['prob']:.3f} after "
-              f"(before: rank {before['rank']}, p={before['prob']:.3f})")
+    reason = (f"{what}: rank {after.rank}, p={after.prob:.3f} after "
+              f"(before: rank {before.rank}, p={before.prob:.3f})")
     return ProbeOutcome(probe, status, reason, before, after)
 
 
-CONTROL_SHARE = 0.5
-
-
-def judge_relearn(before: dict, after: dict, what: str) -> ProbeOutcome:
-    """:func:`judge_scored` for the relearning attack, read against its control.
-
-    ``after["curve"]["control_prob"]`` is the answer's mean probability for made-up subjects
-    during the same attack. A return counts as "recovered" only when the answer comes back for
-    this subject clearly more than for subjects the model never knew (the control ends below
-    ``CONTROL_SHARE`` of the fact's probability); otherwise the attack taught the answer, not the
-    fact, and the probe is "uninformative".
-    """
-    control = after["curve"]["control_prob"]
-    what = f"{what}; made-up subjects: p={control[0]:.3f} -> {control[-1]:.3f}"
-    judged = judge_scored("relearn", before, after, what)
-    if judged.status == "recovered" and control[-1] >= CONTROL_SHARE * after["prob"]:
-        judged.status = "uninformative"
-        judged.reason = (f"{judged.reason}: the attack raises the answer for subjects the model "
-                         "never knew about as much, so it says nothing about this fact")
-    return judged
-
-
-def judge_known(probe: str, before: dict, after: dict, what: str) -> ProbeOutcome:
-    """Outcome of a probe with a boolean ``known``."""
-    if not before["known"]:
+def judge_known(probe: str, before: Answered, after: Answered, what: str) -> ProbeOutcome:
+    """Outcome of a probe with a yes/no ``known`` reading."""
+    if not before.known:
         return ProbeOutcome(probe, "uninformative", f"{what}: not answered even before the edit",
                             before, after)
-    status = "recovered" if after["known"] else "forgotten"
-    word = "still answered" if after["known"] else "no longer answered"
+    status = "recovered" if after.known else "forgotten"
+    word = "still answered" if after.known else "no longer answered"
     return ProbeOutcome(probe, status, f"{what}: {word}", before, after)
 
 
@@ -98,7 +109,10 @@ def skipped(probe: str, reason: str) -> ProbeOutcome:
 
 def verdict(prompt_forgotten: bool, paraphrases: tuple[int, int], outcomes: list[ProbeOutcome],
             after_rank: int, after_prob: float, before_prob: float) -> tuple[str, str]:
-    """``(label, reason)`` for one fact: "not forgotten", "recoverable" or "forgotten"."""
+    """``(label, reason)`` for one fact: "not forgotten", "recoverable" or "forgotten".
+
+    ``paraphrases`` is ``(forgotten, total)``.
+    """
     if not prompt_forgotten:
         drop = 1 - after_prob / max(before_prob, 1e-12)
         return "not forgotten", (f"the prompt still gives the answer (rank {after_rank}, "

@@ -1,5 +1,10 @@
 """``Report``: everything :func:`excise.verify.verify` measured, as JSON and as one HTML page.
 
+A :class:`FactReport` holds one fact's typed results: its :class:`~excise.comparison.Comparison`
+(every group scored before and after), the :class:`Summary` counts drawn from it, the verdict and
+one :class:`~excise.verify.outcome.ProbeOutcome` per probe. Text ("3/5") is made only at the
+edges: the printed table, ``to_json`` and the HTML page.
+
 The HTML page is self-contained: plotly.js is inlined once (in the first figure), every other
 figure reuses it, and nothing is fetched from the network, so the file opens offline and can be
 attached to an erasure request as evidence.
@@ -9,27 +14,73 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from excise.comparison import GROUPS, Comparison
+from excise.facts import Fact
+from excise.scoring import Scores
 from excise.verify.outcome import ProbeOutcome
+from excise.verify.quality import Quality
+
+
+@dataclass(frozen=True)
+class Tally:
+    """``hits`` out of ``total``; prints as ``"hits/total"``."""
+
+    hits: int
+    total: int
+
+    def __str__(self) -> str:
+        return f"{self.hits}/{self.total}"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One fact at a glance: the prompt forgotten?, paraphrases forgotten, and, among the
+    neighbours and same-subject facts known before the edit, how many are still known."""
+
+    prompt_forgotten: bool
+    paraphrases_forgotten: Tally
+    neighbors_kept: Tally
+    same_subject_kept: Tally
+
+    @classmethod
+    def of(cls, comparison: Comparison) -> Summary:
+        return cls(comparison.prompt_forgotten, Tally(*comparison.tally("paraphrases")),
+                   Tally(*comparison.tally("neighbors")), Tally(*comparison.tally("same_subject")))
+
+    def cells(self) -> dict:
+        """The summary as printed: the prompt's bool and ``"hits/total"`` strings."""
+        return {"prompt_forgotten": self.prompt_forgotten,
+                "paraphrases_forgotten": str(self.paraphrases_forgotten),
+                "neighbors_kept": str(self.neighbors_kept), "same_subject_kept": str(self.same_subject_kept)}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
 class FactReport:
-    """One fact: verdict and reason, summary, per-group scores before/after, probe outcomes."""
+    """One fact: verdict and reason, summary, its comparison before/after, probe outcomes."""
 
-    fact: dict
+    fact: Fact
     verdict: str
     reason: str
-    summary: dict
-    scores: dict
+    summary: Summary
+    comparison: Comparison
     probes: list[ProbeOutcome]
     n_related: int = 0
 
     @property
     def id(self) -> str:
-        return self.fact["id"]
+        return self.fact.id
+
+    @property
+    def scores(self) -> dict[str, dict[str, dict]]:
+        """``scores[group]["before" | "after"]`` as lists: ``{"rank", "prob", "known"}``."""
+        c = self.comparison
+        return {g: {"before": scores_dict(c.before[g]), "after": scores_dict(c.after[g])} for g in GROUPS}
 
     def probe(self, name: str) -> ProbeOutcome:
         for o in self.probes:
@@ -37,10 +88,24 @@ class FactReport:
                 return o
         raise KeyError(f"fact {self.id!r} has no {name!r} probe (ran: {[o.probe for o in self.probes]})")
 
+    def figure(self, name: str):
+        """The figure of probe ``name`` (e.g. ``"logit_lens"``, ``"relearn"``) for this fact."""
+        from excise.verify.probes.registry import registry
+
+        drawn = {n: p for n, p in registry().items() if p.figure is not None}
+        if name not in drawn:
+            raise KeyError(f"no figure for probe {name!r}; probes with figures: {sorted(drawn)}")
+        return drawn[name].figure(self)
+
     def to_dict(self) -> dict:
-        return {"fact": self.fact, "verdict": self.verdict, "reason": self.reason,
-                "summary": self.summary, "scores": self.scores, "n_related": self.n_related,
+        return {"fact": self.fact.to_dict(), "verdict": self.verdict, "reason": self.reason,
+                "summary": self.summary.to_dict(), "scores": self.scores, "n_related": self.n_related,
                 "probes": [o.to_dict() for o in self.probes]}
+
+
+def scores_dict(scores: Scores) -> dict:
+    """JSON-able lists of a :class:`~excise.scoring.Scores`."""
+    return {"rank": scores.rank.tolist(), "prob": scores.prob.tolist(), "known": scores.known.tolist()}
 
 
 @dataclass
@@ -48,8 +113,8 @@ class Report:
     """The result of :func:`excise.verify.verify`; ``before``/``after`` hold model-level quality."""
 
     facts: list[FactReport]
-    before: dict
-    after: dict
+    before: Quality
+    after: Quality
     settings: dict = field(default_factory=dict)
     model: str = ""
     edits: list[dict] = field(default_factory=list)
@@ -63,7 +128,7 @@ class Report:
 
     def to_dict(self) -> dict:
         return {"model": self.model, "settings": self.settings, "edits": self.edits,
-                "before": self.before, "after": self.after,
+                "before": self.before.to_dict(), "after": self.after.to_dict(),
                 "facts": [f.to_dict() for f in self.facts], "circuits": self.circuits}
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -75,20 +140,22 @@ class Report:
         return text
 
     def table(self) -> list[dict]:
-        """One row per fact: verdict and each probe's status (for printing)."""
-        return [{"fact": f.id, "verdict": f.verdict, **f.summary,
+        """One row per fact: verdict, summary and each probe's status (for printing)."""
+        return [{"fact": f.id, "verdict": f.verdict, **f.summary.cells(),
                  **{o.probe: o.status for o in f.probes}} for f in self.facts]
 
     def figures(self) -> list[tuple[str, object]]:
         """``(title, go.Figure)`` pairs shown in the HTML report."""
         from excise.verify import figures
+        from excise.verify.probes.registry import registry
 
+        probes = registry()
         out = [("Probe outcomes", figures.probe_matrix(self))]
         for f in self.facts:
-            if any(o.probe == "logit_lens" and o.after for o in f.probes):
-                out.append((f"Logit lens: {f.id}", figures.logit_lens(f)))
-            if any(o.probe == "relearn" and o.after for o in f.probes):
-                out.append((f"Relearning attack: {f.id}", figures.relearn_curve(f)))
+            for o in f.probes:
+                probe = probes[o.probe]
+                if probe.figure is not None and o.after is not None:
+                    out.append((f"{probe.title}: {f.id}", probe.figure(f)))
         if self.circuits:
             for i, f in enumerate(self.facts):
                 b, a = self.circuits["before"][i], self.circuits["after"][i]
@@ -146,26 +213,28 @@ def _edits_html(edits: list[dict]) -> str:
     return "<h2>Edits</h2>" + _rows(["method", "components", "facts"], rows)
 
 
-def _quality_html(before: dict, after: dict) -> str:
+def _quality_html(before: Quality, after: Quality) -> str:
     rows = []
-    if "perplexity" in after:
-        rows.append(["perplexity (held-out text)", f"{before['perplexity']:.2f}", f"{after['perplexity']:.2f}"])
+    if after.perplexity is not None:
+        rows.append(["perplexity (held-out text)", f"{before.perplexity:.2f}", f"{after.perplexity:.2f}"])
     for kind in ("greedy", "sampled"):
-        if "fluency" in after:
-            rows.append([f"fluency, {kind} (n-gram entropy)", f"{before['fluency'][kind]:.3f}",
-                         f"{after['fluency'][kind]:.3f}"])
+        if after.fluency is not None:
+            rows.append([f"fluency, {kind} (n-gram entropy)", f"{getattr(before.fluency, kind):.3f}",
+                         f"{getattr(after.fluency, kind):.3f}"])
     return "<h2>Model quality</h2>" + _rows(["metric", "before", "after"], rows) if rows else ""
 
 
 def _facts_html(report: Report) -> str:
     rows = []
     for f in report.facts:
-        p = f.scores["prompt"]
+        b, a = f.comparison.before["prompt"], f.comparison.after["prompt"]
+        s = f.summary
         cls = f.verdict.split()[0]
         rows.append([f"<td>{_e(f.id)}</td>", f"<td class='{cls}'>{_e(f.verdict)}</td>",
-                     f"<td>{p['before']['prob'][0]:.3f} → {p['after']['prob'][0]:.4f}</td>",
-                     f"<td>{p['before']['rank'][0]} → {p['after']['rank'][0]}</td>",
-                     *[f"<td>{_e(v)}</td>" for v in list(f.summary.values())[1:]],
+                     f"<td>{float(b.prob[0]):.3f} → {float(a.prob[0]):.4f}</td>",
+                     f"<td>{int(b.rank[0])} → {int(a.rank[0])}</td>",
+                     *[f"<td>{_e(t)}</td>" for t in (s.paraphrases_forgotten, s.neighbors_kept,
+                                                     s.same_subject_kept)],
                      f"<td>{_e(f.reason)}</td>"])
     table = _rows(["fact", "verdict", "p(target)", "rank", "paraphrases forgotten", "neighbours kept",
                    "same subject kept", "reason"], rows, raw=True)

@@ -1,9 +1,9 @@
-"""A linear probe that reads a forgotten answer out of the hidden states.
+"""Linear probe: read a forgotten answer out of the hidden states with a tuned lens.
 
 A classifier trained on other facts of a relation cannot name an answer it never saw, and a
 regression from hidden states to answer embeddings fitted on ``n`` facts only predicts vectors in
-the span of those ``n`` answers (we measured leave-one-out accuracy near chance that way). So the
-probe keeps the model's own readout as its prior and learns only a correction: a *tuned lens*
+the span of those ``n`` answers (leave-one-out accuracy is near chance that way). So the probe
+keeps the model's own readout as its prior and learns only a correction: a *tuned lens*
 (Belrose et al. 2023) per layer, ``T(h) = h + h Δ + b``, read out through the model's final norm
 and unembedding and trained with cross-entropy over the relation's answers.
 
@@ -18,26 +18,38 @@ probe *recovers* the fact when the forgotten answer ranks first at some layer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from excise.scoring import encode_target
+from excise.hooks import act_name
+from excise.tokens import encode_prompt, encode_target, pad_rows
+from excise.verify.outcome import Answered, judge_known
+from excise.verify.probes.base import RobustnessProbe, Skipped
+
+
+@dataclass(frozen=True)
+class LinearProbeReading(Answered):
+    """The forgotten answer's rank among ``n_candidates`` per layer (``ranks`` ``[layer]``), its
+    best ``rank`` and that ``layer``; ``known``: rank 0 at some layer."""
+
+    ranks: list[int]
+    rank: int
+    layer: int
+    n_candidates: int
+    n_train: int
 
 
 @torch.no_grad()
 def last_token_states(model, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
     """``[layer, n, d_model]`` residual stream after each layer at each prompt's last token."""
-    n_layers = model.cfg.n_layers
-    names = [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
-    pad = model.tokenizer.pad_token_id or 0
+    names = [act_name("resid_post", layer) for layer in range(model.cfg.n_layers)]
     chunks = []
     for start in range(0, len(prompts), batch_size):
-        rows = [model.to_tokens(p, truncate=False)[0] for p in prompts[start:start + batch_size]]
-        tokens = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long,
-                            device=model.cfg.device)  # [batch, pos]
-        for i, row in enumerate(rows):
-            tokens[i, : len(row)] = row
-        last = torch.tensor([len(r) - 1 for r in rows], device=tokens.device)
+        rows = [encode_prompt(model, p) for p in prompts[start:start + batch_size]]
+        tokens, _ = pad_rows(model, rows)  # [batch, pos]
+        last = torch.tensor([len(r) - 1 for r in rows], device=tokens.device)  # [batch]
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
         chunks.append(torch.stack([cache[n][torch.arange(len(rows)), last] for n in names]))
     return torch.cat(chunks, dim=1).float().cpu()
@@ -86,24 +98,42 @@ def _read(model, resid: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
     return normed @ readout
 
 
-def probe(model, fact, train, min_train: int = 6, steps: int = 60) -> dict:
+def probe(model, fact, train, min_train: int = 6, steps: int = 60) -> LinearProbeReading:
     """Train the per-layer tuned lens on ``train`` probes; rank ``fact``'s answer at each layer.
 
-    Returns the per-layer ``ranks`` of the forgotten answer among ``n_candidates``, its best rank
-    and ``layer``, and ``known`` (rank 0 at some layer). Fewer than ``min_train`` training facts
-    are refused: a probe fitted on a handful of points says nothing.
+    Fewer than ``min_train`` training facts are refused (``ValueError``): a probe fitted on a
+    handful of points says nothing.
     """
     if len(train) < min_train:
         raise ValueError(f"the linear probe needs >= {min_train} facts of the relation, got {len(train)}")
-    states = last_token_states(model, [p.prompt for p in train] + [fact.text])  # [layer, n+1, d]
+    states = last_token_states(model, [p.prompt for p in train] + [fact.text])  # [layer, n+1, d_model]
     answers = list(dict.fromkeys([fact.target.strip()] + [p.target.strip() for p in train]))
     ids = [encode_target(model, " " + a)[0] for a in answers]
     w_u = model.unembed.W_U if hasattr(model.unembed, "W_U") else model.W_U  # [d_model, d_vocab]
     readout = w_u.detach()[:, ids].float().cpu()  # [d_model, c]
-    labels = torch.tensor([answers.index(p.target.strip()) for p in train])
+    labels = torch.tensor([answers.index(p.target.strip()) for p in train])  # [n]
     logits = tuned_lens_logits(model, states[:, :-1], labels, states[:, -1:], readout,
                                steps=steps)[:, 0]  # [layer, c]
     ranks = (logits > logits[:, :1]).sum(-1).tolist()  # [layer]
     best = min(range(len(ranks)), key=lambda i: (ranks[i], -i))
-    return {"ranks": ranks, "rank": ranks[best], "layer": best, "n_candidates": len(answers),
-            "known": ranks[best] == 0, "n_train": len(train)}
+    return LinearProbeReading(known=ranks[best] == 0, ranks=ranks, rank=ranks[best], layer=best,
+                              n_candidates=len(answers), n_train=len(train))
+
+
+def measure(model, facts, setup) -> list[LinearProbeReading | Skipped]:
+    """Per fact: :func:`probe` trained on ``setup.related``; skipped when it refuses to run."""
+    readings = []
+    for fact, related in zip(facts, setup.related):
+        try:
+            readings.append(probe(model, fact, related))
+        except ValueError as err:
+            readings.append(Skipped(str(err)))
+    return readings
+
+
+def judge(before: LinearProbeReading, after: LinearProbeReading, comparison=None):
+    return judge_known("linear_probe", before, after,
+                       f"linear probe (rank {after.rank} of {after.n_candidates} at layer {after.layer})")
+
+
+PROBE = RobustnessProbe("linear_probe", measure, judge)

@@ -1,0 +1,130 @@
+"""The key side of an edit: what an MLP output projection reads at a subject's last token.
+
+A rank-one or least-squares edit of an MLP output projection ``W`` (``out = k @ W``) is addressed
+by *keys* ``k`` ``[d_mlp]``, the projection's input (``blocks.L.mlp.hook_post``):
+
+* :func:`mlp_keys`: the keys at chosen positions of a token batch;
+* :func:`subject_key` / :func:`balanced_key`: a subject's key, averaged over running-text
+  prompts, and the mean of that and the key of the subject opening the text;
+* contrast keys (:func:`contrast_subjects`, :func:`contrast_batch`, :func:`contrast_keys`,
+  :func:`with_contrast`): the keys of *other* subjects in the fact's prompt, which an edit adds to
+  its key statistics so that its update spares them (MEMIT's idea of adding the keys to preserve,
+  aimed at a fact's neighbours).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from excise.components import mlp_out_module
+from excise.hooks import trace
+from excise.scoring import build_batch
+from excise.tokens import subject_last_position
+
+CONTRAST_SUBJECTS = 32
+CONTRAST_WEIGHT = 10.0
+BLANK_TARGET = " ."
+"""The target appended to key prompts: keys are read before it, so it only pads the batch."""
+
+
+def subject_batch(model, templates: list[str], subjects: list[str], targets: list[str]):
+    """Right-padded batch of ``template.format(subject) + target`` and subject positions ``[batch]``."""
+    prompts = [t.format(s) for t, s in zip(templates, subjects)]
+    batch = build_batch(model, prompts, targets)
+    positions = [subject_last_position(model, t, s) for t, s in zip(templates, subjects)]
+    return batch, torch.tensor(positions, device=batch.tokens.device)
+
+
+@torch.no_grad()
+def mlp_keys(model, layer: int, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``[batch, d_mlp]``: input of the layer's MLP output projection at ``positions[b]``."""
+    with trace({layer: mlp_out_module(model, layer)}, inputs=True) as seen:
+        model(tokens)
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    return seen[layer].input[rows, positions]  # input [batch, pos, d_mlp]
+
+
+def mlp_keys_batched(model, layer: int, batch, positions: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """:func:`mlp_keys` over a :class:`~excise.scoring.PromptBatch` in chunks of ``size`` rows."""
+    parts = [mlp_keys(model, layer, batch.tokens[s:s + size], positions[s:s + size])
+             for s in range(0, len(positions), size)]
+    return torch.cat(parts)
+
+
+def subject_key(model, layer: int, templates: list[str], subject: str) -> torch.Tensor:
+    """``[d_mlp]``: the key at the subject's last token, averaged over ``templates``."""
+    batch, positions = subject_batch(model, templates, [subject] * len(templates),
+                                     [BLANK_TARGET] * len(templates))
+    return mlp_keys(model, layer, batch.tokens, positions).mean(0)
+
+
+def balanced_key(model, layer: int, templates: list[str], subject: str) -> torch.Tensor:
+    """``[d_mlp]``: ``k*``, the mean of the subject's key in running text and at the text's start.
+
+    Right after BOS a token's MLP key is very different from its key in running text (the
+    first position is where attention sinks), so a key averaged over prefixed prompts has
+    ``k . u`` ~ 0.1 for a prompt that *opens* with the subject ("{} was written by"): the edit
+    would barely reach it. Averaging the two halves (``templates`` and the bare subject) gives
+    both ``k . u`` ~ 1.
+    """
+    running = subject_key(model, layer, templates, subject)
+    start = subject_key(model, layer, ["{}"], subject)
+    return 0.5 * (running + start)
+
+
+def contrast_subjects(fact, limit: int = CONTRAST_SUBJECTS, avoid=()) -> list[str]:
+    """Up to ``limit`` other subjects from the bundled fact sets, those of ``fact``'s relation first.
+
+    Subjects named in ``fact``'s own neighbour or same-subject prompts (or in the facts ``avoid``
+    and their probes) are left out, so those probes stay held out when an edit is verified.
+    """
+    probes = " ".join(p.prompt for f in (fact, *avoid) for p in (*f.neighbors, *f.same_subject))
+    probes += " " + " ".join(f.subject for f in avoid)
+    pool = sorted(_bundled_facts(), key=lambda f: f.relation != fact.relation)
+    chosen: list[str] = []
+    for other in pool:
+        subject = other.subject
+        if len(chosen) >= limit:
+            break
+        if subject != fact.subject and subject not in chosen and subject not in probes \
+                and fact.subject not in subject and subject not in fact.subject:
+            chosen.append(subject)
+    return chosen
+
+
+@functools.cache
+def _bundled_facts() -> tuple:
+    from excise.facts import load_facts
+
+    return tuple(load_facts("all"))
+
+
+def contrast_batch(model, facts, per_fact: int, avoid=()):
+    """``((batch, positions), subjects)``: each fact's prompt with ``per_fact`` of its
+    :func:`contrast_subjects`; ``(None, [])`` when there are none."""
+    templates, subjects = [], []
+    for fact in facts:
+        for subject in contrast_subjects(fact, per_fact, avoid):
+            templates.append(fact.prompt)
+            subjects.append(subject)
+    if not subjects:
+        return None, []
+    return subject_batch(model, templates, subjects, [BLANK_TARGET] * len(subjects)), subjects
+
+
+def contrast_keys(model, layer: int, fact, limit: int, avoid=()) -> tuple[torch.Tensor, list[str]]:
+    """Keys ``[n, d_mlp]`` of :func:`contrast_subjects` in ``fact``'s prompt, and the subjects."""
+    rows, subjects = contrast_batch(model, [fact], limit, avoid)
+    if rows is None:
+        return torch.zeros(0, model.cfg.d_mlp), []
+    batch, positions = rows
+    return mlp_keys(model, layer, batch.tokens, positions), subjects
+
+
+def with_contrast(second_moment: torch.Tensor, others: torch.Tensor, weight: float) -> torch.Tensor:
+    """``C + weight * mean(k_o k_o^T)``: the key statistics with other subjects' keys ``others``
+    ``[n, d_mlp]`` counted as if they were ``weight`` times the whole text sample."""
+    others = others.to(second_moment.device, second_moment.dtype)
+    return second_moment + weight * (others.T @ others) / len(others)
