@@ -8,6 +8,9 @@ transformers' GGUF reader, and cache a float32 safetensors folder under ``$EXCIS
 
 Hub ids and local Hugging Face folders load through the same path; a hub id that is neither
 cached nor reachable fails at once with a message saying how to point excise at a local folder.
+A truncated weights file, or weights changed after :func:`excise.save_model` wrote them with
+their edits, fail with :class:`ModelLoadError` too. The weights hashes (``weights_hash``,
+``legacy_weights_hash``, ``tensor_hash``) live in :mod:`excise.export` and are importable here.
 """
 
 from __future__ import annotations
@@ -22,6 +25,11 @@ import zipfile
 from pathlib import Path
 
 import torch
+
+from excise.export import EDIT_FOLDER, edit_folders, weights_hash
+from excise.export import hash_tensor as hash_tensor
+from excise.export import legacy_weights_hash as legacy_weights_hash
+from excise.export import tensor_hash as tensor_hash
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +159,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _load_hf(source: str, dtype: torch.dtype):
     """Load an HF causal LM and tokenizer, cache-first for hub ids; fail fast when offline."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     is_folder = Path(source).exists()
@@ -161,6 +170,11 @@ def _load_hf(source: str, dtype: torch.dtype):
     except OSError as err:
         if is_folder:
             raise ModelLoadError(f"could not load the model folder {source}: {err}") from err
+    except SafetensorError as err:
+        raise ModelLoadError(
+            f"cannot read the weights in {source} ({err}): the file is truncated or corrupted, "
+            "e.g. by an interrupted copy; copy or save the model again"
+        ) from err
     if not _hub_reachable():
         raise ModelLoadError(
             f"{source!r} is not in the local Hugging Face cache and the hub cannot be reached. "
@@ -183,13 +197,16 @@ def load_model(name: str | None = None, device: str | None = None, dtype: torch.
         dtype: parameter dtype, float32 by default (exact patching needs it).
 
     The bridge records where it came from in ``bridge.excise_source`` so that writers can refuse
-    to overwrite the original weights.
+    to overwrite the original weights. A folder written by :func:`excise.save_model` with edits
+    is checked against the weights hash recorded with them (:func:`check_saved_weights`).
+    Raises :class:`ModelLoadError` for a missing, unreadable, truncated or changed model.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = resolve_model_source(name)
     hf_model, tokenizer = _load_hf(source, dtype)
+    check_saved_weights(source, hf_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     hf_model.to(device)
@@ -202,23 +219,33 @@ def load_model(name: str | None = None, device: str | None = None, dtype: torch.
     return bridge
 
 
-def weights_hash(model) -> str:
-    """SHA-256 over every parameter and buffer of the wrapped HF model (names, shapes, bytes).
+def check_saved_weights(source: str, hf_model) -> None:
+    """Refuse a folder whose weights differ from the ones excise saved there with its edits.
 
-    Identifies the exact base weights an edit was computed on, so that a saved edit refuses to
-    apply to a different model.
+    ``save_model`` records the hash of the weights it wrote in each ``excise_edit/.../edit.json``;
+    a mismatch means the weights were overwritten or corrupted after the save. Skipped (with a
+    log line) when the model was loaded in another dtype than it was saved in.
     """
-    import hashlib
+    import json
 
-    digest = hashlib.sha256()
-    hf_model = model.original_model
-    for name, tensor in sorted(hf_model.state_dict().items()):
-        hash_tensor(digest, name, tensor)
-    return digest.hexdigest()
-
-
-def hash_tensor(digest, name: str, tensor: torch.Tensor) -> None:
-    """Feed ``name``, the shape and the raw bytes of ``tensor`` into the hashlib ``digest``."""
-    digest.update(name.encode())
-    digest.update(str(tuple(tensor.shape)).encode())
-    digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    for edit_folder in edit_folders(source) if Path(source).is_dir() else []:
+        meta_path = edit_folder / "edit.json"
+        try:
+            recorded = json.loads(meta_path.read_text(encoding="utf-8")).get("edited_weights")
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"cannot read {meta_path} ({err}); save the model again") from err
+        if not recorded:
+            continue
+        dtype = str(next(hf_model.parameters()).dtype).removeprefix("torch.")
+        if dtype != recorded.get("dtype"):
+            log.info("not checking %s: loaded as %s, saved as %s", source, dtype, recorded.get("dtype"))
+            return
+        current = weights_hash(hf_model)
+        if current != recorded.get("sha256"):
+            raise ModelLoadError(
+                f"the weights in {source} were changed after excise saved them (hash {current[:12]}, "
+                f"{meta_path} records {str(recorded.get('sha256'))[:12]}): they are corrupted or "
+                f"were overwritten; save the edited model again, or remove its {EDIT_FOLDER} "
+                "folder to load these weights anyway"
+            )
+        return

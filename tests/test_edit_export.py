@@ -38,9 +38,10 @@ def test_forget_cli(tiny_folders, tmp_path):
     facts = write_facts([FACT], tmp_path / "facts.jsonl")
     out, report = tmp_path / "edited", tmp_path / "report.json"
     args = ["forget", "--facts", str(facts), "--model", str(tiny_folders["gpt2"]), "--layer", "1",
-            "--save", str(out), "--report", str(report)]
+            "--save", str(out), "--report", str(report), "--allow-unknown"]
     assert main(args) == 0
-    assert (out / "excise_edit" / "edit.json").is_file()
+    saved = json.loads((out / "excise_edit" / "edit.json").read_text())
+    assert saved["format_version"] == 2 and saved["edited_weights"]["sha256"]
     AutoModelForCausalLM.from_pretrained(out)
     data = json.loads(report.read_text())
     assert data["method"] == "rome" and data["probes"][0]["kind"] == "prompt"
@@ -56,7 +57,7 @@ def test_forget_cli_ablate(tiny_folders, tmp_path):
     facts = write_facts([FACT], tmp_path / "facts.jsonl")
     out = tmp_path / "ablated"
     args = ["forget", "--facts", str(facts), "--model", str(tiny_folders["neox"]), "--method",
-            "ablate", "--top", "5", "--save", str(out)]
+            "ablate", "--top", "5", "--save", str(out), "--allow-unknown"]
     assert main(args) == 0
     edit = json.loads((out / "excise_edit" / "edit.json").read_text())
     assert edit["method"] == "ablate" and len(edit["components"]) == 5
@@ -75,7 +76,7 @@ def test_forget_cli_memit_takes_its_last_layer_and_passes(tiny_folders, tmp_path
     facts = write_facts([FACT, other], tmp_path / "facts.jsonl")
     out = tmp_path / "batch"
     args = ["forget", "--facts", str(facts), "--model", str(tiny_folders["llama"]), "--method",
-            "memit", "--layer", "2", "--passes", "1", "--save", str(out)]
+            "memit", "--layer", "2", "--passes", "1", "--save", str(out), "--allow-unknown"]
     assert main(args) == 0
     edit = json.loads((out / "excise_edit" / "edit.json").read_text())
     assert edit["method"] == "memit" and edit["fact_ids"] == [FACT.id, other.id]

@@ -6,7 +6,9 @@
 * :func:`ablate` - bake the zero- or mean-ablation of located neurons/heads into the weights;
 * :func:`finetune` - the baselines: gradient ascent, counterexamples, NPO;
 * :class:`Edit` - deltas + provenance; ``apply``/``undo``/``reverted``/``applied``/``save``;
-  :func:`load` reads a saved edit; :func:`save_model` writes a plain Hugging Face folder.
+  :func:`load` reads a saved edit (hash-checked); :func:`save_model` writes a plain Hugging Face
+  folder with its edits, all or nothing; :func:`attach` marks the edits such a folder carries as
+  applied to the model loaded from it, so that "before" can be had by reverting them.
 
 Every editor applies its edit to the model in place, appends it to ``model.excise_edits`` and
 returns it. Heavy modules are imported on first use.
@@ -20,6 +22,8 @@ _EXPORTS = {
     "Edit": "excise.edit.record",
     "EditError": "excise.edit.record",
     "load": "excise.edit.record",
+    "attach": "excise.edit.record",
+    "load_saved_edits": "excise.edit.record",
     "rome": "excise.edit.rank_one",
     "RomeSettings": "excise.edit.rank_one",
     "MemitSettings": "excise.edit.batch",

@@ -9,7 +9,9 @@ from excise.edit.rank_one import RomeSettings as RomeSettings
 from excise.edit.rank_one import rome as rome
 from excise.edit.record import Edit as Edit
 from excise.edit.record import EditError as EditError
+from excise.edit.record import attach as attach
 from excise.edit.record import load as load
+from excise.edit.record import load_saved_edits as load_saved_edits
 from excise.edit.sequence import rome_sequence as rome_sequence
 from excise.edit.value import ValueSettings as ValueSettings
 from excise.export import save_model as save_model

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from excise.edit.rank_one import rome
 from excise.edit.record import Edit, make_edit
+from excise.export import hf_parameters
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def rome_sequence(model, facts, layer: int | None = None, *, progress: bool = Tr
         for edit in reversed(edits):
             edit.undo(model)
         raise
-    params = dict(model.original_model.named_parameters())
+    params = hf_parameters(model)  # Edit.deltas use Hugging Face names
     names = sorted({name for edit in edits for name in edit.deltas})
     new_weights = {name: params[name].detach().clone() for name in names}
     for edit in reversed(edits):
