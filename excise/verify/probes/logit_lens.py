@@ -65,9 +65,11 @@ def figure(fact_report):
         fig.add_trace(go.Scatter(x=layers, y=reading.layer_prob, name=f"p, {state}", line_dash=dash), 1, 1)
         fig.add_trace(go.Scatter(x=layers, y=[r + 1 for r in reading.layer_rank], name=f"rank+1, {state}",
                                  line_dash=dash), 1, 2)
-    fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_xaxes(title_text="layer")
-    fig.update_layout(title=f"Logit lens: {fact_report.id}", height=380)
+    fig.update_yaxes(title_text="p(target)", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="rank of target + 1 (log scale)", row=1, col=2)
+    fig.update_xaxes(title_text="layer (residual stream after it)")
+    fig.update_layout(title=f"Logit lens: {fact_report.id}", height=380,
+                      legend={"x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"})
     return fig
 
 

@@ -199,7 +199,8 @@ def figure(fact_report):
                              line_dash="dash", name="same answer, made-up subjects (control)"))
     fig.add_hline(y=o.before.prob, line_dash="dot", annotation_text="before the edit")
     fig.update_layout(title=f"Relearning attack: {fact_report.id}", xaxis_title="fine-tuning step",
-                      yaxis_title="p(target)", height=350)
+                      yaxis_title="p(target)", height=380,
+                      legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"})
     return fig
 
 
