@@ -1,8 +1,8 @@
-"""The ``excise`` command line: ``excise facts check|import`` (and, as they land, locate/forget/verify).
+"""The ``excise`` command line: ``facts check|import``, ``locate``, ``forget``, ``verify``, ``demo``.
 
 Each subcommand lives in its own module under ``excise/commands/`` and registers itself with
 :func:`build_parser`; this file only wires them together and turns expected errors into one clear
-line on stderr with exit status 2.
+line on stderr with exit status 2 (Ctrl-C: one line, status 130).
 """
 
 from __future__ import annotations
@@ -38,8 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     try:
         return int(args.run(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+    except KeyboardInterrupt:
+        print(f"excise {args.command}: interrupted; outputs are written whole or not at all, so "
+              "nothing half-written was left", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, RuntimeError, OSError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        if isinstance(err, OSError) and err.filename and str(err.filename) not in str(message):
+            message = f"{err.strerror or err}: {err.filename}"
         print(f"excise {args.command}: error: {message}", file=sys.stderr)
         return 2
 

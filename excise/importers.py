@@ -105,7 +105,11 @@ def import_facts(path: str | Path, fmt: str) -> tuple[list[Fact], dict]:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {FORMATS}")
     with Path(path).open(encoding="utf-8") as handle:
-        records = json.load(handle)
+        try:
+            records = json.load(handle)
+        except json.JSONDecodeError as err:
+            raise FactFormatError(f"{path}: not a JSON file ({err.msg} at line {err.lineno}); "
+                                  f"facts import reads ROME's {fmt} JSON (one list of records)") from err
     if not isinstance(records, list):
         raise FactFormatError(f"{path}: expected a JSON list of {fmt} records")
     convert = from_counterfact if fmt == "counterfact" else from_known1000
@@ -113,3 +117,6 @@ def import_facts(path: str | Path, fmt: str) -> tuple[list[Fact], dict]:
         return convert(records)
     except KeyError as err:
         raise FactFormatError(f"{path}: a record lacks the {fmt} field {err}; is this a {fmt} file?") from err
+    except (TypeError, AttributeError) as err:
+        raise FactFormatError(f"{path}: its records are not {fmt} records ({err}); is this a "
+                              f"{fmt} file?") from err

@@ -14,9 +14,12 @@ Every stage tokenizes the same way, here:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
+
+REPLACEMENT = "\ufffd"
 
 
 def pad_id(model) -> int:
@@ -54,8 +57,28 @@ def encode_target(model, text: str) -> list[int]:
 
 
 def token_labels(model, ids) -> list[str]:
-    """One string per token id (for axis labels and messages)."""
-    return [model.tokenizer.decode([int(i)]) for i in ids]
+    """One string per token id (for axis labels and messages).
+
+    A character split over several byte-level tokens (é, 東, emoji) decodes to U+FFFD token by
+    token; such a run is decoded together and each of its tokens labelled with the whole text and
+    its place in the run (``"東 (1/2)"``), so labels stay readable.
+    """
+    ids = [int(i) for i in ids]
+    labels = [model.tokenizer.decode([i]) for i in ids]
+    start = 0
+    while start < len(ids):
+        if REPLACEMENT not in labels[start]:
+            start += 1
+            continue
+        end = start + 1  # grow the run until it decodes cleanly (or 4 bytes' worth of tokens)
+        while end < len(ids) and end - start < 4 and REPLACEMENT in model.tokenizer.decode(ids[start:end]):
+            end += 1
+        text = model.tokenizer.decode(ids[start:end])
+        n = end - start
+        for k in range(n):
+            labels[start + k] = text if n == 1 else f"{text} ({k + 1}/{n})"
+        start = end
+    return labels
 
 
 def token_id(model, answer) -> int:
@@ -92,8 +115,13 @@ def fill_prompt(template: str, subject: str) -> tuple[str, int]:
     return template, start
 
 
-def subject_positions(model, template: str, subject: str) -> list[int]:
-    """Indices into ``model.to_tokens(filled prompt)`` of the tokens overlapping the subject."""
+def subject_positions(model, template: str, subject: str, warn: bool = False) -> list[int]:
+    """Indices into ``model.to_tokens(filled prompt)`` of the tokens overlapping the subject.
+
+    ``warn``: warn when the subject does not fall on token boundaries (a token it shares with
+    the text around it, e.g. "Paris" in "Parisian"): its first or last token then also carries
+    other characters, and a key read there is not the subject's alone.
+    """
     text, start = fill_prompt(template, subject)
     ids = encode_prompt(model, text)
     enc = model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -105,6 +133,12 @@ def subject_positions(model, template: str, subject: str) -> list[int]:
     found = [shift + i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < end and b > start]
     if not found:
         raise ValueError(f"subject at characters {start}..{end} of {text!r} covers no token")
+    first, last = enc["offset_mapping"][found[0] - shift], enc["offset_mapping"][found[-1] - shift]
+    if warn and (text[first[0]:start].strip() or text[end:last[1]].strip()):
+        spans = text[min(first[0], start):max(last[1], end)]
+        warnings.warn(f"subject {subject!r} does not fall on token boundaries in {text!r}: its tokens "
+                      f"cover {spans!r}; the subject's positions include the extra characters "
+                      "(write the subject as whole words of the prompt)", stacklevel=2)
     return found
 
 

@@ -261,3 +261,13 @@ def test_batch_scoring_does_not_count_co_edited_facts_as_neighbours():
     assert ("The capital of Germany is", " Berlin") in alone
     assert together == [p for p in alone if p != ("The capital of Germany is", " Berlin")]
     assert fact_pairs(france, [germany])["prompt"] == fact_pairs(france)["prompt"]
+
+
+def test_multiple_choice_counts_only_answers_better_than_chance():
+    """2 of 3 shuffles right happens by guessing one time in six: not evidence that the model
+    knows (or recovered) the answer; 3 of 3 (one in 64) is."""
+    from excise.verify.probes.multiple_choice import CHANCE_LEVEL, chance_of_at_least
+
+    assert chance_of_at_least(2, 3) == pytest.approx(10 / 64)
+    assert chance_of_at_least(2, 3) > CHANCE_LEVEL > chance_of_at_least(3, 3)
+    assert chance_of_at_least(0, 5) == pytest.approx(1.0)

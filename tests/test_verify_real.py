@@ -62,8 +62,9 @@ def test_unedited_model_passes_every_still_knows_probe(real_model):
                     fluency_tokens=0, perplexity=False, progress=False)
     fr = report["capital-france"]
     status = {o.probe: o.status for o in fr.probes}
-    assert status == {p: "recovered" for p in ("logit_lens", "question", "multiple_choice",
-                                               "few_shot", "linear_probe", "relearn")}, fr.probes
+    assert status == {p: "recovered" for p in ("logit_lens", "question", "few_shot", "linear_probe",
+                                               "relearn")} | {"multiple_choice": "uninformative"}, \
+        fr.probes  # the 135M model gets 2 of 3 multiple-choice orders right: no better than chance
     assert fr.verdict == "not forgotten"
     assert "Paris" in fr.probe("question").after.answer
     curve = fr.probe("relearn").after.curve  # the control: made-up countries rarely get Paris

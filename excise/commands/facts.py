@@ -6,6 +6,7 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
+from excise.commands._args import add_model, add_progress, check_new_file
 from excise.facts import load_facts, write_facts
 from excise.importers import FORMATS, import_facts
 
@@ -16,17 +17,20 @@ def register(sub) -> None:
 
     check = verbs.add_parser("check", help="score each fact on its prompt and paraphrases")
     check.add_argument("file", help="a JSONL fact file, or a bundled set name ('all' for every set)")
-    check.add_argument("--model", default=None, help="model folder or hub id (default: SmolLM2-135M-Instruct)")
+    add_model(check)
     check.add_argument("-o", "--out", default=None,
                        help="where to write the known subset (default: FILE.known.jsonl beside the input; "
                             "required for bundled sets)")
+    check.add_argument("--force", action="store_true", help="overwrite an existing output file")
     check.add_argument("--quiet", action="store_true", help="print only the per-relation summary")
+    add_progress(check)
     check.set_defaults(run=run_check)
 
     imp = verbs.add_parser("import", help="convert CounterFact or known_1000 JSON to excise JSONL")
     imp.add_argument("file", help="the ROME-format JSON file")
     imp.add_argument("--format", required=True, choices=FORMATS)
     imp.add_argument("-o", "--out", required=True, help="output JSONL path")
+    imp.add_argument("--force", action="store_true", help="overwrite an existing output file")
     imp.set_defaults(run=run_import)
 
 
@@ -44,9 +48,11 @@ def run_check(args: argparse.Namespace) -> int:
     from excise.model import load_model
 
     facts = load_facts(args.file)
-    out = _known_out_path(args)
+    if not facts:
+        raise ValueError(f"{args.file} holds no facts; nothing to check")
+    out = check_new_file(_known_out_path(args), args.force)
     model = load_model(args.model)
-    rows = check_facts(model, facts)
+    rows = check_facts(model, facts, progress=not args.no_progress)
     if not args.quiet:
         print(f"{'id':40} {'rank':>4} {'p(target)':>9} {'known':>5} {'paraphrases known':>17}")
         for row in rows:
@@ -67,8 +73,11 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
+    out = check_new_file(args.out, args.force)
     facts, dropped = import_facts(args.file, args.format)
-    write_facts(facts, args.out)
+    if not facts:
+        raise ValueError(f"{args.file}: no {args.format} record could be converted; nothing written")
+    write_facts(facts, out)
     print(f"converted {len(facts)} {args.format} records to {args.out}")
     for reason, count in sorted(dropped.items()):
         print(f"  dropped {count} x {reason}")

@@ -41,6 +41,7 @@ from excise.edit.stats import SampleSpec, key_stats
 from excise.edit.value import ValueSettings, compute_value, objective_target
 from excise.hooks import act_name
 from excise.scoring import score_targets
+from excise.tokens import subject_positions
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
     if passes < 1:
         raise ValueError(f"memit(passes={passes}): needs at least one pass")
     chosen = MemitSettings(update_weight, max_update_ratio, contrast, contrast_weight, passes)
+    for fact in facts:
+        subject_positions(model, fact.prompt, fact.subject, warn=True)
     layer_choice = "given by the caller" if layers is not None else "default"
     layers = sorted(set(layers)) if layers is not None else default_layers(model)
     if not all(0 <= layer < model.cfg.n_layers for layer in layers):

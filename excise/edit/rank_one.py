@@ -44,6 +44,7 @@ from excise.edit.prompts import rewriting_prompts
 from excise.edit.record import Edit, EditError, make_edit
 from excise.edit.stats import SampleSpec, key_stats
 from excise.edit.value import ValueSettings, compute_value, objective_target
+from excise.tokens import subject_positions
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +91,10 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
 
     chosen = RomeSettings(ridge, max_update_ratio, contrast, contrast_weight, trace_samples)
     objective_target(fact, objective, new_target)
+    subject_positions(model, fact.prompt, fact.subject, warn=True)
     base_hash = weights_hash(model)
     info = {}
-    layer, info["layer_choice"] = _resolve_layer(model, fact, layer, chosen.trace_samples)
+    layer, info["layer_choice"] = _resolve_layer(model, fact, layer, chosen.trace_samples, progress)
     settings = settings or ValueSettings()
     stats = key_stats(model, [layer], SampleSpec(corpus=corpus), progress, base_hash)[layer]
     templates = rewriting_prompts(model, fact.prompt, settings.n_prefixes)
@@ -117,12 +119,12 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
     return edit
 
 
-def _resolve_layer(model, fact, layer, trace_samples: int) -> tuple[int, str]:
+def _resolve_layer(model, fact, layer, trace_samples: int, progress: bool = False) -> tuple[int, str]:
     """``(layer, why)`` from an int, a Localization, or None (trace the fact's MLPs first)."""
     if layer is None:
         from excise.locate import causal_trace
 
-        layer = causal_trace(model, fact, site="mlp", samples=trace_samples, progress=False)
+        layer = causal_trace(model, fact, site="mlp", samples=trace_samples, progress=progress)
     if hasattr(layer, "edit_layer"):
         return layer.edit_layer()
     layer = int(layer)

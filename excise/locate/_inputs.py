@@ -51,7 +51,7 @@ def fact_tokens(model, fact) -> FactTokens:
     ids = encode_prompt(model, text)
     target = encode_target(model, fact.target)
     check_length(model, len(ids) + len(target) - 1, f"prompt {text!r} with its target")
-    subject = subject_positions(model, fact.prompt, fact.subject)
+    subject = subject_positions(model, fact.prompt, fact.subject, warn=True)
     tokens = torch.tensor([ids + target[:-1]], device=model.cfg.device)
     return FactTokens(tokens, len(ids), target, subject, token_labels(model, ids), text)
 

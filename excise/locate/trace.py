@@ -18,6 +18,8 @@ positions), so those cells are the corrupted score without running anything.
 from __future__ import annotations
 
 import logging
+import time
+import warnings
 
 import torch
 from tqdm.auto import tqdm
@@ -61,10 +63,12 @@ def causal_trace(model, fact, site: str = "resid", samples: int = 10, noise: flo
     warn_if_unknown(model, ft, clean_logits, fact.target)
     clean_score = float(target_logprob(clean_logits, ft.target_ids).exp())
 
+    started = time.perf_counter()
     corrupted, corrupted_score = _corrupted_states(model, ft, samples, scale, seed)
     scores = torch.full((n_layers, ft.n_prompt), corrupted_score)
     first = ft.subject_positions[0]
     positions = list(range(first, ft.n_prompt))
+    _warn_if_slow(time.perf_counter() - started, n_layers * len(positions), pos, site)
     with torch.no_grad():
         for layer in tqdm(range(n_layers), desc=f"causal trace ({site})", disable=not progress):
             probs = _restore_layer(clean, corrupted, ft, site, layer, positions, samples, window)
@@ -80,6 +84,21 @@ def causal_trace(model, fact, site: str = "resid", samples: int = 10, noise: flo
               "corrupted_score": corrupted_score, "subject": fact.subject, "n_tokens": pos},
         prompt=ft.prompt, target=fact.target, fact_id=getattr(fact, "id", None),
     )
+
+
+SLOW_SECONDS = 120.0
+
+
+def _warn_if_slow(one_pass: float, restored_runs_per_sample: int, n_tokens: int, site: str) -> None:
+    """Warn, with an estimate, when the trace will take long (a long prompt): each restored run
+    costs about half of what the noisy forward of the prompt (``one_pass``, all samples) cost,
+    since it starts at its own layer."""
+    estimate = 0.5 * one_pass * restored_runs_per_sample
+    log.info("causal trace (%s): about %.0f s expected", site, estimate)
+    if estimate > SLOW_SECONDS:
+        warnings.warn(f"causal trace ({site}) of a {n_tokens}-token prompt: about {estimate / 60:.0f} "
+                      f"min expected on this machine ({restored_runs_per_sample} restored runs per "
+                      "noise sample); shorten the prompt or lower samples= to go faster", stacklevel=3)
 
 
 def _corrupted_states(model, ft, samples: int, scale: float, seed: int):

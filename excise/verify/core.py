@@ -17,6 +17,8 @@ import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
 
+from tqdm.auto import tqdm
+
 from excise.comparison import Comparison, fact_pairs, score_groups
 from excise.facts import Fact, Probe
 from excise.scoring import Scores
@@ -104,24 +106,31 @@ def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: i
                     relearn_facts=relearn_facts,
                     fluency_tokens=fluency_tokens, few_shot_k=few_shot_k, mc_orders=mc_orders)
     on_states = [p for p in chosen if not p.attack]
+    per_state = 2 + len(on_states) + int(circuits)
+    bar = tqdm(total=2 * per_state + len(chosen) - len(on_states), desc="verify", unit="step",
+               disable=not progress)
 
-    def measure(model) -> _State:
-        return _measure(model, facts, on_states, setup, fluency_tokens, perplexity, circuits)
+    def measure(model, state: str) -> _State:
+        return _measure(model, facts, on_states, setup, fluency_tokens, perplexity, circuits,
+                        _Step(bar, state))
 
-    after = measure(edited)
+    after = measure(edited, "after")
     edits = list(getattr(edited, "excise_edits", []) or [])
     if original is not None:
-        before, source = measure(original), "original model"
+        before, source = measure(original, "before"), "original model"
     elif edits:
         with ExitStack() as stack:
             for edit in reversed(edits):
                 stack.enter_context(edit.reverted(edited))
-            before = measure(edited)
+            before = measure(edited, "before")
         source = f"edited model with its {len(edits)} edit(s) reverted"
     else:
         log.warning("no original model and no recorded edits: 'before' equals 'after'")
         before, source = after, "same model (no edit recorded)"
-    attacked = {p.name: p.measure(edited, facts, setup) for p in chosen if p.attack}
+        bar.update(per_state)
+    step = _Step(bar, "attack")
+    attacked = {p.name: step(p.name, p.measure, edited, facts, setup) for p in chosen if p.attack}
+    bar.close()
     reports = [_fact_report(i, facts, before, after, attacked, chosen, len(setup.related[i]))
                for i in range(len(facts))]
     settings["before"] = source
@@ -130,16 +139,31 @@ def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: i
                   edits=[_edit_summary(e) for e in edits], circuits=_circuits(before, after))
 
 
+class _Step:
+    """Runs one verification step under the progress bar, naming it (``"after: logit_lens"``)."""
+
+    def __init__(self, bar, state: str):
+        self.bar, self.state = bar, state
+
+    def __call__(self, name: str, fn, *args, **kwargs):
+        self.bar.set_postfix_str(f"{self.state}: {name}")
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.bar.update(1)
+
+
 def _measure(model, facts, probes: list[RobustnessProbe], setup: Setup, fluency_tokens: int,
-             perplexity: bool, circuits: bool) -> _State:
-    scores = score_groups(model, facts)
-    readings = {p.name: p.measure(model, facts, setup) for p in probes}
-    quality = model_quality(model, [f.text for f in facts], fluency_tokens, perplexity)
+             perplexity: bool, circuits: bool, step: _Step) -> _State:
+    scores = step("scores", score_groups, model, facts)
+    readings = {p.name: step(p.name, p.measure, model, facts, setup) for p in probes}
+    quality = step("quality", model_quality, model, [f.text for f in facts], fluency_tokens,
+                   perplexity)
     traced = None
     if circuits:
         from excise.verify.circuits import trace_facts
 
-        traced = trace_facts(model, facts, progress=setup.progress)
+        traced = step("circuits", trace_facts, model, facts, progress=setup.progress)
     return _State(scores, readings, quality, traced)
 
 

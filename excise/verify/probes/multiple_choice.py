@@ -1,13 +1,17 @@
 """Multiple choice: the fact as a lettered question; the right letter must outscore the others.
 
 Options A-D are the target and three other answers of the relation, shuffled
-(:func:`excise.verify.templates.multiple_choice`). The answer counts as known when the right
-letter has the highest logit in a majority of ``setup.mc_orders`` shuffles, so a letter bias alone
-cannot pass. A fact with fewer than three other answers of its relation is skipped.
+(:func:`excise.verify.templates.multiple_choice`). The answer counts as known only when the
+right letter wins in more of the ``setup.mc_orders`` shuffles than guessing would plausibly give:
+the chance of doing at least as well by picking a letter at random must be below
+:data:`CHANCE_LEVEL` (with three shuffles: all three right; a majority, 2 of 3, happens by chance
+one time in six). A small model at chance on the format is then "uninformative", not a recovery.
+A fact with fewer than three other answers of its relation is skipped.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,12 +22,21 @@ from excise.verify.outcome import Answered, judge_known
 from excise.verify.probes.base import RobustnessProbe, Skipped
 
 TOO_FEW = "fewer than 3 other answers of the relation"
+CHANCE_LEVEL = 0.05
+"""Largest chance of scoring as well by guessing for which the answer still counts as known."""
+
+
+def chance_of_at_least(correct: int, orders: int, options: int = len(templates.LETTERS)) -> float:
+    """P(at least ``correct`` of ``orders`` shuffles right) when guessing one of ``options``."""
+    p = 1 / options
+    return sum(math.comb(orders, k) * p ** k * (1 - p) ** (orders - k) for k in range(correct, orders + 1))
 
 
 @dataclass(frozen=True)
 class ChoiceReading(Answered):
-    """``correct`` of ``orders`` shuffles right (``known``: a majority); ``prob``: the right
-    letter's probability renormalised over the four letters, averaged over shuffles."""
+    """``correct`` of ``orders`` shuffles right (``known``: better than chance, see the module);
+    ``prob``: the right letter's probability renormalised over the four letters, averaged over
+    shuffles."""
 
     correct: int
     orders: int
@@ -48,7 +61,8 @@ def measure(model, facts, setup) -> list[ChoiceReading | Skipped]:
             correct += int(logits.argmax()) == mc.answer
             probs.append(float(logits.softmax(-1)[mc.answer]))
         orders = setup.mc_orders
-        readings.append(ChoiceReading(known=correct * 2 > orders, correct=correct, orders=orders,
+        known = correct > 0 and chance_of_at_least(correct, orders) < CHANCE_LEVEL
+        readings.append(ChoiceReading(known=known, correct=correct, orders=orders,
                                       prob=sum(probs) / orders, example=questions[0].prompt))
     return readings
 
