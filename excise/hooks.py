@@ -117,3 +117,13 @@ def trace(modules: Mapping[Any, nn.Module], *, inputs: bool = False, outputs: bo
     finally:
         for handle in handles:
             handle.remove()
+
+
+def retain_grad_into(store: dict, key):
+    """A TransformerLens hook that keeps its activation in ``store[key]`` with its gradient
+    retained, so that after ``backward()`` ``store[key].grad`` holds d(metric)/d(activation)."""
+    def keep(act, hook):
+        act.retain_grad()
+        store[key] = act
+        return act
+    return keep

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from excise.components import Head, Neuron
-from excise.hooks import act_name, site_name
+from excise.hooks import act_name, retain_grad_into, site_name
 from excise.locate.localization import Localization
 from excise.locate.patch import PatchSetup, patch_with
 
@@ -29,14 +29,7 @@ def attribution_scores(setup: PatchSetup, site: str) -> torch.Tensor:
     def leaf(act, hook):  # make everything downstream differentiable even with frozen weights
         return act.detach().requires_grad_(True)
 
-    def keeper(name):
-        def keep(act, hook):
-            act.retain_grad()
-            acts[name] = act
-            return act
-        return keep
-
-    hooks = [("hook_embed", leaf)] + [(name, keeper(name)) for name in names]
+    hooks = [("hook_embed", leaf)] + [(name, retain_grad_into(acts, name)) for name in names]
     with torch.enable_grad():
         logits = model.run_with_hooks(setup.corrupted_tokens, fwd_hooks=hooks)
         metric = setup.normalise(setup.logit_diff(logits[:, setup.read])).sum()

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from excise.components import Neuron
-from excise.hooks import act_name
+from excise.hooks import act_name, retain_grad_into
 from excise.locate._inputs import fact_tokens, warn_if_unknown
 from excise.locate._runner import Runner
 from excise.locate.localization import Localization
@@ -75,15 +75,7 @@ def gradient_attribution(model, fact, layers=None) -> Localization:
     batch = build_batch(model, [fact.text], [fact.target])
     where = [subject_last_position(model, fact.prompt, fact.subject), batch.prompt_lengths[0] - 1]
     acts = {}
-
-    def keeper(layer):
-        def keep(act, hook):
-            act.retain_grad()
-            acts[layer] = act
-            return act
-        return keep
-
-    hooks = [(act_name("neuron", layer), keeper(layer)) for layer in layers]
+    hooks = [(act_name("neuron", layer), retain_grad_into(acts, layer)) for layer in layers]
     with torch.enable_grad():
         logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
         batch.first_answer_logprobs(logits)[0, batch.target_ids[0][0]].backward()
