@@ -141,3 +141,26 @@ def test_help_states_the_real_defaults(capsys):
         main(["verify", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(p in text for p in PROBES) and "(default: 20)" in text and "--no-progress" in text
+
+
+def test_verify_uses_the_edit_a_forget_folder_carries_and_reports_by_exit_code(tiny_folders, tmp_path):
+    facts = _facts_file(tmp_path)
+    out, report = tmp_path / "edited", tmp_path / "v.json"
+    assert main(["forget", "--facts", str(facts), "--model", str(tiny_folders["llama"]), "--layer",
+                 "1", "--save", str(out), "--allow-unknown", "--no-progress"]) == 0
+    rc = main(["verify", "--model", str(out), "--facts", str(facts), "--probes", "logit_lens",
+               "--fluency-tokens", "0", "--no-perplexity", "--json", str(report), "--exit-code",
+               "--no-progress"])
+    data = json.loads(report.read_text())
+    assert "reverted" in data["settings"]["before"]  # "before" is the carried edit, undone
+    assert rc == (0 if data["facts"][0]["verdict"] == "forgotten" else 1)
+
+
+def test_a_long_trace_warns_with_an_estimate(tiny, monkeypatch):
+    from excise.facts import Fact
+    from excise.locate import causal_trace, trace
+
+    monkeypatch.setattr(trace, "SLOW_SECONDS", 0.0)
+    fact = Fact("x", "France", "The capital of {} is", " Paris")
+    with pytest.warns(UserWarning, match=r"-token prompt: about \d+ min expected"):
+        causal_trace(tiny, fact, samples=1, progress=False)
