@@ -145,7 +145,7 @@ def key_inputs_hash(model, layers) -> dict[int, str]:
 
 
 def _tensor_digest(name: str, tensor: torch.Tensor) -> bytes:
-    from excise.model import hash_tensor
+    from excise.export import hash_tensor
 
     digest = hashlib.sha256()
     hash_tensor(digest, name, tensor)
