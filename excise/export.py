@@ -279,6 +279,17 @@ def edit_folder_name(index: int, count: int, method: str) -> str:
     return f"{index + 1:02d}-{slug}"
 
 
+def check_not_source(model, folder) -> None:
+    """Raise ``ValueError`` when ``folder`` is the folder ``model`` was loaded from."""
+    folder = Path(folder).expanduser().resolve()
+    source = getattr(model, "excise_source", None)
+    if source is not None and Path(source).exists() and Path(source).resolve() == folder:
+        raise ValueError(
+            f"refusing to write into {folder}: the model was loaded from there and its original "
+            "weights would be lost; choose another folder"
+        )
+
+
 def save_model(model, folder, overwrite: bool = False) -> Path:
     """Write ``model`` (with its applied edits) as a Hugging Face folder; all or nothing.
 
@@ -293,12 +304,7 @@ def save_model(model, folder, overwrite: bool = False) -> Path:
     once the new one is complete), a path it cannot create, and non-finite weights.
     """
     folder = Path(folder).expanduser().resolve()
-    source = getattr(model, "excise_source", None)
-    if source is not None and Path(source).exists() and Path(source).resolve() == folder:
-        raise ValueError(
-            f"refusing to write into {folder}: the model was loaded from there and its original "
-            "weights would be lost; choose another folder"
-        )
+    check_not_source(model, folder)
     check_target(folder, overwrite)
     for name, param in hf_parameters(model).items():
         if not torch.isfinite(param).all():
@@ -309,6 +315,7 @@ def save_model(model, folder, overwrite: bool = False) -> Path:
         fresh.save_pretrained(partial)
         if getattr(model, "tokenizer", None) is not None:
             model.tokenizer.save_pretrained(partial)
+        source = getattr(model, "excise_source", None)
         generation = Path(source) / "generation_config.json" if source else None
         if generation is not None and generation.is_file() and not (partial / generation.name).exists():
             shutil.copy(generation, partial / generation.name)

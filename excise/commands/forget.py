@@ -61,6 +61,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from excise.edit import save_model
+    from excise.export import check_not_source
     from excise.model import load_model
 
     facts = select_facts(args)
@@ -72,10 +73,7 @@ def run(args) -> int:
     save = check_new_folder(args.save, args.overwrite)
     report_path = check_new_file(args.report, args.overwrite, "--report") if args.report else None
     model = load_model(args.model)
-    source = getattr(model, "excise_source", None)
-    if source and Path(source).exists() and Path(source).resolve() == save.resolve():
-        raise ValueError(f"--save {save} is the folder the model was loaded from; its original "
-                         "weights would be lost: choose another folder")
+    check_not_source(model, save)  # before the edit, not after it
     if args.layer is not None and args.layer >= model.cfg.n_layers:
         raise ValueError(f"--layer {args.layer}: the model has layers 0-{model.cfg.n_layers - 1}")
     if not args.allow_unknown:
