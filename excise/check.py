@@ -46,3 +46,27 @@ def check_facts(model, facts: list[Fact], batch_size: int = 32, progress: bool =
         ))
         cursor += n
     return rows
+
+
+def round_robin(facts: list[Fact]) -> list[Fact]:
+    """``facts`` reordered one relation at a time (first of each relation, then second, ...), so that
+    any prefix of the result spans the relations."""
+    by_relation: dict[str | None, list[Fact]] = {}
+    for fact in facts:
+        by_relation.setdefault(fact.relation, []).append(fact)
+    rounds = max((len(v) for v in by_relation.values()), default=0)
+    return [group[i] for i in range(rounds) for group in by_relation.values() if i < len(group)]
+
+
+def known_facts(model, facts: list[Fact], limit: int, batch_size: int = 32) -> list[Fact]:
+    """The first ``limit`` facts of :func:`round_robin` order that the model knows (greedy decoding
+    produces the whole target after the prompt): what the benches edit."""
+    chosen = []
+    order = round_robin(facts)
+    for start in range(0, len(order), batch_size):
+        if len(chosen) >= limit:
+            break
+        part = order[start:start + batch_size]
+        known = score_targets(model, [f.text for f in part], [f.target for f in part], batch_size=batch_size).known
+        chosen += [f for f, ok in zip(part, known.tolist()) if ok]
+    return chosen[:limit]

@@ -3,9 +3,10 @@
 Every place that asks "was the fact forgotten and the rest kept?" (verification, the CLI's
 ``forget --report``, the benches, the notebooks) builds a :class:`Comparison` here:
 
-* the **groups** of a fact (:data:`GROUPS`): its prompt and paraphrases (to forget), its
-  neighbours (other subjects of the relation) and same-subject facts (other relations of the
-  subject) (to keep), as ``(prompt, target)`` pairs (:func:`fact_pairs`);
+* the **groups** of a fact (:data:`GROUPS`): its prompt, paraphrases and held-out paraphrases
+  (wordings no editor reads) (to forget), its neighbours (other subjects of the relation),
+  same-subject facts (other relations of the subject) and same-answer facts (other subjects with
+  the same answer) (to keep), as ``(prompt, target)`` pairs (:func:`fact_pairs`);
 * each group scored on the state before and the state after (:mod:`excise.scoring`);
 * ``forgotten(group)`` / ``kept(group)`` by :mod:`excise.criteria`; a probe to keep only counts
   when the model knew its answer before the edit.
@@ -24,16 +25,16 @@ import torch
 from excise.criteria import forgotten, kept
 from excise.scoring import Scores, score_targets
 
-GROUPS = ("prompt", "paraphrases", "neighbors", "same_subject")
-TO_FORGET = ("prompt", "paraphrases")
-TO_KEEP = ("neighbors", "same_subject")
+GROUPS = ("prompt", "paraphrases", "held_out_paraphrases", "neighbors", "same_subject", "same_answer")
+TO_FORGET = ("prompt", "paraphrases", "held_out_paraphrases")
+TO_KEEP = ("neighbors", "same_subject", "same_answer")
 
 
 def fact_pairs(fact, others=()) -> dict[str, list[tuple[str, str]]]:
     """The (prompt, target) pairs of each group for ``fact``.
 
-    ``others``: the other facts edited together with ``fact``. A neighbour or same-subject pair
-    that states one of them is meant to be forgotten too, so it is left out of the pairs to keep.
+    ``others``: the other facts edited together with ``fact``. A pair to keep that states one of
+    them is meant to be forgotten too, so it is left out.
     """
     def keep(pairs):
         return [(p, t) for p, t in pairs if not states_one_of(p, t, others)]
@@ -41,8 +42,8 @@ def fact_pairs(fact, others=()) -> dict[str, list[tuple[str, str]]]:
     return {
         "prompt": [(fact.text, fact.target)],
         "paraphrases": [(p, fact.target) for p in fact.paraphrase_texts],
-        "neighbors": keep((p.prompt, p.target) for p in fact.neighbors),
-        "same_subject": keep((p.prompt, p.target) for p in fact.same_subject),
+        "held_out_paraphrases": [(p, fact.target) for p in fact.held_out_texts],
+        **{group: keep((p.prompt, p.target) for p in getattr(fact, group)) for group in TO_KEEP},
     }
 
 

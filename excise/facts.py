@@ -7,19 +7,37 @@ One line per fact::
      "paraphrases": ["{}'s capital city is"],
      "neighbors": [{"prompt": "The capital of Germany is", "target": " Berlin"}],
      "same_subject": [{"prompt": "The official language of France is", "target": " French"}],
+     "same_answer": [{"prompt": "The Eiffel Tower is in the city of", "target": " Paris"}],
+     "held_out_paraphrases": ["Q: What is the capital of {}?\nA:"],
      "new_target": " Rome"}
 
 ``prompt`` and ``paraphrases`` are templates with one ``{}`` for the subject; ``target`` continues
 the prompt (leading space included) and may span several tokens. ``neighbors`` are facts about
 other subjects of the same relation that an edit must keep; ``same_subject`` are other facts about
-the same subject (optional); ``relation`` and ``new_target`` are optional.
+the same subject, ``same_answer`` facts about other subjects with the same answer (forgetting
+France -> Paris must keep the Eiffel Tower in Paris); ``held_out_paraphrases`` are wordings of the
+fact that no editor reads (only ``paraphrases`` are given to editors), so that verification can
+measure how far forgetting reaches beyond the wordings it was trained on. All but ``id``,
+``subject``, ``prompt`` and ``target`` are optional.
+
+The bundled facts carry a fixed split (:func:`fact_split`): settings are chosen on the ``"tune"``
+facts only, and quality is reported on the ``"held_out"`` facts beside them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+TEMPLATE_FIELDS = ("paraphrases", "held_out_paraphrases")
+"""Fields that list templates of the fact itself (one ``{}`` for the subject)."""
+PROBE_FIELDS = ("neighbors", "same_subject", "same_answer")
+"""Fields that list ``{"prompt", "target"}`` facts an edit of this fact must keep."""
+SPLITS = ("tune", "held_out")
+HELD_OUT_SHARE = 3
+"""One bundled fact in this many (by a hash of its id) is held out from every choice of settings."""
 
 
 class FactFormatError(ValueError):
@@ -47,6 +65,8 @@ class Fact:
     same_subject: tuple[Probe, ...] = ()
     relation: str | None = None
     new_target: str | None = None
+    same_answer: tuple[Probe, ...] = ()
+    held_out_paraphrases: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:
@@ -57,12 +77,19 @@ class Fact:
     def paraphrase_texts(self) -> list[str]:
         return [p.format(self.subject) for p in self.paraphrases]
 
+    @property
+    def held_out_texts(self) -> list[str]:
+        """The held-out wordings with the subject filled in (no editor reads them)."""
+        return [p.format(self.subject) for p in self.held_out_paraphrases]
+
     def to_dict(self) -> dict:
         record = asdict(self)
-        record["paraphrases"] = list(self.paraphrases)
-        for key in ("neighbors", "same_subject"):
+        for key in TEMPLATE_FIELDS:
+            record[key] = list(getattr(self, key))
+        for key in PROBE_FIELDS:
             record[key] = [asdict(p) for p in getattr(self, key)]
-        return {k: v for k, v in record.items() if v is not None}
+        optional = (*PROBE_FIELDS[2:], *TEMPLATE_FIELDS[1:])  # left out when empty
+        return {k: v for k, v in record.items() if v is not None and not (k in optional and not v)}
 
     @classmethod
     def from_dict(cls, record: dict, where: str = "fact") -> Fact:
@@ -74,28 +101,28 @@ class Fact:
                 raise FactFormatError(f"{where}: missing required field '{key}'")
             if not isinstance(record[key], str) or not record[key].strip():
                 raise FactFormatError(f"{where}: field '{key}' must be a non-empty string")
-        known = {"id", "subject", "prompt", "target", "paraphrases", "neighbors", "same_subject",
-                 "relation", "new_target"}
+        known = {"id", "subject", "prompt", "target", "relation", "new_target",
+                 *TEMPLATE_FIELDS, *PROBE_FIELDS}
         unknown = set(record) - known
         if unknown:
             raise FactFormatError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(known)}")
         _check_template(record["prompt"], record["subject"], f"{where}: field 'prompt'")
-        paraphrases = record.get("paraphrases", [])
-        if not isinstance(paraphrases, list):
-            raise FactFormatError(f"{where}: field 'paraphrases' must be a list of templates")
-        for i, template in enumerate(paraphrases):
-            _check_template(template, record["subject"], f"{where}: field 'paraphrases[{i}]'")
-        probes = {key: _probes(record.get(key, []), f"{where}: field '{key}'")
-                  for key in ("neighbors", "same_subject")}
+        templates = {}
+        for key in TEMPLATE_FIELDS:
+            templates[key] = record.get(key, [])
+            if not isinstance(templates[key], list):
+                raise FactFormatError(f"{where}: field '{key}' must be a list of templates")
+            for i, template in enumerate(templates[key]):
+                _check_template(template, record["subject"], f"{where}: field '{key}[{i}]'")
+        probes = {key: _probes(record.get(key, []), f"{where}: field '{key}'") for key in PROBE_FIELDS}
         for key in ("relation", "new_target"):
             value = record.get(key)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise FactFormatError(f"{where}: field '{key}' must be a non-empty string if given")
         return cls(
             id=record["id"], subject=record["subject"], prompt=record["prompt"],
-            target=record["target"], paraphrases=tuple(paraphrases),
-            neighbors=probes["neighbors"], same_subject=probes["same_subject"],
-            relation=record.get("relation"), new_target=record.get("new_target"),
+            target=record["target"], relation=record.get("relation"), new_target=record.get("new_target"),
+            **{key: tuple(value) for key, value in templates.items()}, **probes,
         )
 
 
@@ -169,14 +196,30 @@ def read_facts(path: str | Path) -> list[Fact]:
     return facts
 
 
-def load_facts(name_or_path: str | Path = "all") -> list[Fact]:
-    """Load a bundled fact set by name (or ``"all"``), or any JSONL file by path."""
+def load_facts(name_or_path: str | Path = "all", split: str | None = None) -> list[Fact]:
+    """Load a bundled fact set by name (or ``"all"``), or any JSONL file by path.
+
+    ``split``: ``"tune"`` or ``"held_out"`` keeps only that part of the fixed split (:func:`fact_split`).
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     if str(name_or_path) == "all" and not Path(name_or_path).exists():
         facts = []
         for _, path in sorted(bundled_fact_sets().items()):
             facts.extend(read_facts(path))
-        return facts
-    return read_facts(resolve_facts_path(name_or_path))
+    else:
+        facts = read_facts(resolve_facts_path(name_or_path))
+    return [f for f in facts if split is None or fact_split(f.id) == split]
+
+
+def fact_split(fact_id: str) -> str:
+    """``"held_out"`` for one fact id in :data:`HELD_OUT_SHARE` (fixed by a hash of the id), else ``"tune"``.
+
+    Benchmarks choose settings on the ``"tune"`` facts and report ``"held_out"`` beside them, so a
+    quality claim is also measured on facts no setting was chosen on.
+    """
+    digest = hashlib.sha256(fact_id.encode("utf-8")).digest()
+    return "held_out" if digest[0] % HELD_OUT_SHARE == 0 else "tune"
 
 
 def write_facts(facts, path: str | Path) -> Path:

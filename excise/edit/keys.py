@@ -77,10 +77,11 @@ def balanced_key(model, layer: int, templates: list[str], subject: str) -> torch
 def contrast_subjects(fact, limit: int = CONTRAST_SUBJECTS, avoid=()) -> list[str]:
     """Up to ``limit`` other subjects from the bundled fact sets, those of ``fact``'s relation first.
 
-    Subjects named in ``fact``'s own neighbour or same-subject prompts (or in the facts ``avoid``
+    Subjects named in ``fact``'s own neighbour, same-subject or same-answer prompts (or in the facts ``avoid``
     and their probes) are left out, so those probes stay held out when an edit is verified.
     """
-    probes = " ".join(p.prompt for f in (fact, *avoid) for p in (*f.neighbors, *f.same_subject))
+    probes = " ".join(p.prompt for f in (fact, *avoid)
+                      for p in (*f.neighbors, *f.same_subject, *f.same_answer))
     probes += " " + " ".join(f.subject for f in avoid)
     pool = sorted(_bundled_facts(), key=lambda f: f.relation != fact.relation)
     chosen: list[str] = []

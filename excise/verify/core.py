@@ -2,8 +2,8 @@
 
 The "before" state is either a separate ``original`` model or the edited model itself with its
 recorded edits (``model.excise_edits``) temporarily reverted, newest first. Both states get the
-same measurements: the scores of each fact's groups (prompt, paraphrases, neighbours, same-subject
-facts; :mod:`excise.comparison`), every selected robustness probe
+same measurements: the scores of each fact's groups (prompt, paraphrases, held-out paraphrases,
+neighbours, same-subject and same-answer facts; :mod:`excise.comparison`), every selected robustness probe
 (:mod:`excise.verify.probes.registry`), perplexity and fluency. Attack probes (relearning) run on
 the edited state only and leave its weights untouched. Probes that need *other facts of the same
 relation* (few-shot context, multiple-choice distractors, relearning data, linear-probe training)

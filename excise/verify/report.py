@@ -35,26 +35,36 @@ class Tally:
         return f"{self.hits}/{self.total}"
 
 
+SUMMARY_TALLIES = {"paraphrases_forgotten": "paraphrases forgotten",
+                   "held_out_paraphrases_forgotten": "held-out paraphrases forgotten",
+                   "neighbors_kept": "neighbours kept", "same_subject_kept": "same subject kept",
+                   "same_answer_kept": "same answer kept"}
+"""The :class:`Summary` tallies and their column titles, in the order tables show them."""
+
+
 @dataclass(frozen=True)
 class Summary:
-    """One fact at a glance: the prompt forgotten?, paraphrases forgotten, and, among the
-    neighbours and same-subject facts known before the edit, how many are still known."""
+    """One fact at a glance: the prompt forgotten?, paraphrases and held-out paraphrases forgotten,
+    and, among the neighbours, same-subject and same-answer facts known before the edit, how many
+    are still known."""
 
     prompt_forgotten: bool
     paraphrases_forgotten: Tally
     neighbors_kept: Tally
     same_subject_kept: Tally
+    held_out_paraphrases_forgotten: Tally = Tally(0, 0)
+    same_answer_kept: Tally = Tally(0, 0)
 
     @classmethod
     def of(cls, comparison: Comparison) -> Summary:
-        return cls(comparison.prompt_forgotten, Tally(*comparison.tally("paraphrases")),
-                   Tally(*comparison.tally("neighbors")), Tally(*comparison.tally("same_subject")))
+        tally = {group: Tally(*comparison.tally(group)) for group in GROUPS[1:]}
+        return cls(comparison.prompt_forgotten, tally["paraphrases"], tally["neighbors"],
+                   tally["same_subject"], tally["held_out_paraphrases"], tally["same_answer"])
 
     def cells(self) -> dict:
         """The summary as printed: the prompt's bool and ``"hits/total"`` strings."""
         return {"prompt_forgotten": self.prompt_forgotten,
-                "paraphrases_forgotten": str(self.paraphrases_forgotten),
-                "neighbors_kept": str(self.neighbors_kept), "same_subject_kept": str(self.same_subject_kept)}
+                **{name: str(getattr(self, name)) for name in SUMMARY_TALLIES}}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -233,11 +243,10 @@ def _facts_html(report: Report) -> str:
         rows.append([f"<td>{_e(f.id)}</td>", f"<td class='{cls}'>{_e(f.verdict)}</td>",
                      f"<td>{float(b.prob[0]):.3f} → {float(a.prob[0]):.4f}</td>",
                      f"<td>{int(b.rank[0])} → {int(a.rank[0])}</td>",
-                     *[f"<td>{_e(t)}</td>" for t in (s.paraphrases_forgotten, s.neighbors_kept,
-                                                     s.same_subject_kept)],
+                     *[f"<td>{_e(getattr(s, name))}</td>" for name in SUMMARY_TALLIES],
                      f"<td>{_e(f.reason)}</td>"])
-    table = _rows(["fact", "verdict", "p(target)", "rank", "paraphrases forgotten", "neighbours kept",
-                   "same subject kept", "reason"], rows, raw=True)
+    table = _rows(["fact", "verdict", "p(target)", "rank", *SUMMARY_TALLIES.values(), "reason"], rows,
+                  raw=True)
     probes = []
     for f in report.facts:
         for o in f.probes:
