@@ -1,19 +1,28 @@
-"""Forgetting quality of each editor on the default model, over the bundled fact sets.
+"""Forgetting quality of each editor on the default model, on the tuning and the held-out facts.
 
-    python bench/forget_quality.py --limit 40 [--layer 4] [--baseline-limit 8] [--batch 50]
-        [--memit-passes 1,2] [--sequence 50]
+    python bench/forget_quality.py --limit 40 [--baseline-limit 8] [--batch 50]
+        [--memit-passes 2] [--sequence 50] [--methods rome,rome-previous,rome-plain]
 
-For every method it prints one table row: efficacy (prompt forgotten per excise.criteria),
-paraphrases forgotten (``rome`` trains on the fact's paraphrases, so they are in-sample; the
-``rome(held-out paraphrases)`` row edits on the first paraphrase only and scores the others),
-neighbours kept, the subject's other facts kept, perplexity change on the held-out text, and
-seconds per fact. Rows forget many facts together: ``memit N-pass batch`` (one least-squares
-update per layer for all of them, per pass; ``--memit-passes``) and ``rome sequence`` (one
-rank-one edit per fact, one after another); there a neighbour that is itself in the batch is not
-counted. Only facts the model knows (greedy decoding produces the target) are used, taken
-round-robin over the relations. Targets from the issue: efficacy >= 95%, paraphrases >= 85%,
-neighbours >= 95%, same-subject >= 90%, perplexity <= +2%; batch of 50: efficacy >= 90%,
-neighbours >= 90%.
+Facts: the bundled facts the model knows (greedy decoding produces the target), round-robin over
+the relations, ``--limit`` from each part of the fixed split (:func:`excise.facts.fact_split`):
+settings were chosen on ``tune``; ``held_out`` facts were never looked at while choosing them.
+Every single-fact row is printed for both parts.
+
+Columns (:mod:`excise.comparison`'s groups, judged by :mod:`excise.criteria`): efficacy (the
+prompt forgotten); paraphrases forgotten (the fact's paraphrases, given to the editor: in-sample);
+**held-out wordings** forgotten (``held_out_paraphrases``: subject-first, question and longer
+forms no editor reads); neighbours kept (other subjects, same relation); the subject's other facts
+kept (``same_subject``, never given to the editor); same-answer facts kept (other subjects with
+the same answer); perplexity change on the held-out text; seconds per edit.
+
+Rows: ``rome`` is what ``excise.rome(model, fact)`` and ``excise forget`` do without options;
+``rome-previous`` the default before issue 14 (layer 4 as this bench used, 2 essence prompts, no
+probes of its own); ``rome-plain`` plain ROME (no contrast keys, the prompt only, no text or
+essence terms beyond ROME's one, one layer). Batch rows: ``memit N-pass batch`` and ``rome
+sequence`` forget many facts; a probe to keep that states another fact of the batch is not counted.
+Targets (issue 14): efficacy >= 97%, held-out wordings >= 85%, neighbours >= 97%, same subject
+>= 90%, same answer >= 90%, perplexity <= +1%, <= 5 s per edit; batch of 50: efficacy and
+neighbours >= 95%.
 """
 
 from __future__ import annotations
@@ -23,55 +32,34 @@ import logging
 import sys
 import time
 from collections import defaultdict
-from dataclasses import replace
 
 import torch
 
+from excise.check import known_facts
 from excise.comparison import GROUPS, compare
 from excise.edit import ablate, finetune, memit, rome
 from excise.edit.sequence import rome_sequence
-from excise.facts import load_facts
+from excise.edit.value import ESSENCE_TEMPLATES, ValueSettings
+from excise.facts import SPLITS, load_facts
 from excise.locate import attributed_neurons
 from excise.model import load_model
-from excise.scoring import score_targets
 from excise.text import perplexity
 
-
-def pick_facts(model, limit):
-    by_relation = defaultdict(list)
-    for fact in load_facts("all"):
-        by_relation[fact.relation].append(fact)
-    order = []
-    while any(by_relation.values()):
-        for rel in list(by_relation):
-            if by_relation[rel]:
-                order.append(by_relation[rel].pop(0))
-    chosen = []
-    for fact in order:
-        if len(chosen) >= limit:
-            break
-        if bool(score_targets(model, [fact.text], [fact.target]).known[0]):
-            chosen.append(fact)
-    return chosen
-
-
-def held_out_split(fact):
-    """``(fact to edit on, fact to score)``: the edit sees the first paraphrase, is scored on the rest."""
-    return replace(fact, paraphrases=fact.paraphrases[:1]), replace(fact, paraphrases=fact.paraphrases[1:])
+PREVIOUS = ValueSettings(subject_probes=False, essence_templates=ESSENCE_TEMPLATES)
+PLAIN = ValueSettings(paraphrases=False, text_kl_weight=0.0, subject_probes=False,
+                      essence_templates=("{} is a",))
 
 
 def single_fact_methods(args):
     return {
-        "rome": lambda m, f: rome(m, f, layer=args.layer, progress=False),
-        "rome(held-out paraphrases)": lambda m, f: rome(m, held_out_split(f)[0], layer=args.layer,
-                                                        progress=False),
+        "rome": lambda m, f: rome(m, f, progress=False),
+        "rome-previous": lambda m, f: rome(m, f, layer=4, settings=PREVIOUS, progress=False),
+        "rome-plain": lambda m, f: rome(m, f, layer=4, contrast=0, settings=PLAIN, progress=False),
         "ablate-zero(top20 neurons)": lambda m, f: ablate(m, attributed_neurons(m, f, layers=range(12)),
                                                            progress=False),
         "finetune-ga(all)": lambda m, f: finetune(m, [f], "gradient_ascent", progress=False),
         "finetune-npo(all)": lambda m, f: finetune(m, [f], "npo", lr=1e-4, progress=False),
         "finetune-cx(all)": lambda m, f: finetune(m, [f], "counterexample", progress=False),
-        "finetune-ga(mlp L)": lambda m, f: finetune(
-            m, [f], "gradient_ascent", params=[__import__("excise").MLP(args.layer)], progress=False),
     }
 
 
@@ -90,70 +78,77 @@ def evaluate(model, edit, facts, ppl0, with_ppl=True):
     return totals
 
 
-def table_row(name, n, agg, seconds):
+COLUMNS = {"prompt": "efficacy", "paraphrases": "paraphrases", "held_out_paraphrases": "held-out wordings",
+           "neighbors": "neighbours", "same_subject": "same subject", "same_answer": "same answer"}
+
+
+def table_row(name, split, n, agg, seconds):
     def pct(kind):
         hit, total = agg.get(kind, (0, 0))
         return f"{100 * hit / total:5.1f}% ({total:3d})" if total else "   n/a     "
     ppl = agg.get("ppl")
     ppl_text = f"{100 * ppl[0] / ppl[1]:+6.2f}%" if ppl and ppl[1] else "   n/a"
-    return (f"| {name:28s} | {n:3d} | {pct('prompt')} | {pct('paraphrases')} | {pct('neighbors')} | "
-            f"{pct('same_subject')} | {ppl_text} | {seconds:6.1f} |")
+    return (f"| {name:26s} | {split:8s} | {n:3d} | " + " | ".join(pct(g) for g in COLUMNS)
+            + f" | {ppl_text} | {seconds:6.1f} |")
 
 
-HEADER = ("| method                       |   n | efficacy      | paraphrases   | neighbours    | "
-          "same subject  | ppl     | s/edit |\n|---|---|---|---|---|---|---|---|")
+HEADER = ("| method | split | n | " + " | ".join(COLUMNS.values()) + " | ppl | s/edit |\n"
+          + "|---" * (len(COLUMNS) + 5) + "|")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=40, help="facts for single-fact editors")
-    parser.add_argument("--baseline-limit", type=int, default=8, help="facts for fine-tuning baselines")
+    parser.add_argument("--limit", type=int, default=40, help="facts per split for single-fact editors")
+    parser.add_argument("--baseline-limit", type=int, default=8, help="facts per split for fine-tuning baselines")
     parser.add_argument("--batch", type=int, default=50, help="facts in the MEMIT batch (0: skip)")
     parser.add_argument("--sequence", type=int, default=50,
                         help="facts forgotten by one rank-one edit each, in sequence (0: skip)")
-    parser.add_argument("--memit-passes", default="1,2",
+    parser.add_argument("--memit-passes", default="2",
                         help="comma-separated memit pass counts, one batch row each")
-    parser.add_argument("--layer", type=int, default=4)
     parser.add_argument("--methods", default="all", help="comma-separated method names, or none")
+    parser.add_argument("--splits", default=",".join(SPLITS), help="which parts of the fact split to run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     model = load_model(device="cpu")
     ppl0 = perplexity(model)
-    facts = pick_facts(model, max(args.limit, args.batch, args.sequence))
-    print(f"default model, {len(facts)} known facts picked; baseline perplexity {ppl0:.3f}")
+    splits = args.splits.split(",")
+    facts = {split: known_facts(model, load_facts("all", split=split),
+                                max(args.limit, args.batch, args.sequence)) for split in splits}
+    print("default model; known facts picked per split: "
+          + ", ".join(f"{k} {len(v)}" for k, v in facts.items()) + f"; baseline perplexity {ppl0:.3f}")
     print(HEADER, flush=True)
     for name, method in single_fact_methods(args).items():
-        if args.methods != "all" and name.split("(")[0] not in args.methods.split(","):
+        if args.methods != "all" and name not in args.methods.split(","):
             continue
-        n = args.baseline_limit if name.startswith("finetune") else args.limit
-        agg, seconds = defaultdict(lambda: [0.0, 0]), 0.0
-        for fact in facts[:n]:
-            start = time.perf_counter()
-            edit = method(model, fact)
-            seconds += time.perf_counter() - start
-            scored = held_out_split(fact)[1] if "held-out" in name else fact
-            for kind, (hit, total) in evaluate(model, edit, [scored], ppl0).items():
-                agg[kind][0] += hit
-                agg[kind][1] += total
-            edit.undo(model)
-            print(f"  after {fact.id}: " + table_row(name, len(facts[:n]), agg, seconds),
-                  file=sys.stderr, flush=True)
-        print(table_row(name, len(facts[:n]), agg, seconds / max(1, len(facts[:n]))), flush=True)
+        for split in splits:
+            n = args.baseline_limit if name.startswith("finetune") else args.limit
+            agg, seconds, chosen = defaultdict(lambda: [0.0, 0]), 0.0, facts[split][:n]
+            for fact in chosen:
+                start = time.perf_counter()
+                edit = method(model, fact)
+                seconds += time.perf_counter() - start
+                for kind, (hit, total) in evaluate(model, edit, [fact], ppl0).items():
+                    agg[kind][0] += hit
+                    agg[kind][1] += total
+                edit.undo(model)
+                print(f"  after {fact.id}: " + table_row(name, split, len(chosen), agg, seconds),
+                      file=sys.stderr, flush=True)
+            print(table_row(name, split, len(chosen), agg, seconds / max(1, len(chosen))), flush=True)
     many = {f"memit {p}-pass batch": (args.batch, lambda m, fs, p=int(p): memit(m, fs, passes=p,
                                                                                 progress=False))
             for p in args.memit_passes.split(",") if p}
-    many["rome sequence"] = (args.sequence, lambda m, fs: rome_sequence(m, fs, layer=args.layer,
-                                                                        progress=False))
+    many["rome sequence"] = (args.sequence, lambda m, fs: rome_sequence(m, fs, progress=False))
     for name, (n, method) in many.items():
-        if not n:
+        if not n or (args.methods != "all" and name.split()[0] not in args.methods.split(",")):
             continue
-        batch = facts[:n]
+        batch = facts[splits[0]][:n]
         start = time.perf_counter()
         edit = method(model, batch)
         seconds = time.perf_counter() - start
         agg = evaluate(model, edit, batch, ppl0)
-        print(table_row(f"{name} of {len(batch)}", len(batch), agg, seconds / len(batch)), flush=True)
+        print(table_row(f"{name} of {len(batch)}", splits[0], len(batch), agg, seconds / len(batch)),
+              flush=True)
         edit.undo(model)
 
 

@@ -258,15 +258,31 @@ def test_bad_input_is_explained(tiny):
         ablate(tiny, [Neuron(0, 1)], how="half")
 
 
-def test_layer_none_follows_the_mlp_causal_trace(tiny):
+def test_layer_follows_a_trace_or_defaults_to_the_lookup_layer(tiny):
+    from excise.edit.rank_one import default_layer
     from excise.locate import causal_trace
 
-    edit = rome(tiny, FACT, layer=None, settings=FAST, trace_samples=3, max_update_ratio=100,
-                progress=False)
+    loc = causal_trace(tiny, FACT, site="mlp", samples=3, progress=False)
+    edit = rome(tiny, FACT, layer=loc, settings=FAST, max_update_ratio=100, progress=False)
     (component,) = edit.components
     edit.undo(tiny)
-    loc = causal_trace(tiny, FACT, site="mlp", samples=3, progress=False)
     column = loc.scores[:, loc.meta["subject_positions"][-1]]
     allowed = max(1, round(0.6 * tiny.cfg.n_layers))
     assert component.layer == int(column[:allowed].argmax())
     assert "causal-trace" in edit.info["layer_choice"]
+    edit = rome(tiny, FACT, settings=FAST, max_update_ratio=100, progress=False)
+    edit.undo(tiny)
+    assert edit.components[0].layer == default_layer(tiny) and "default" in edit.info["layer_choice"]
+
+
+def test_subject_probe_bank_is_worded_apart_from_the_bundled_facts():
+    """The editor's own probes must not be the wordings the benches score (held-out honesty)."""
+    from excise.edit.subject_probes import SUBJECT_TEMPLATES
+    from excise.facts import load_facts
+
+    scored = set()
+    for fact in load_facts("all"):
+        scored |= {fact.prompt, *fact.paraphrases, *fact.held_out_paraphrases}
+        scored |= {p.prompt.replace(fact.subject, "{}") for p in fact.same_subject}
+    assert len(SUBJECT_TEMPLATES) == len(set(SUBJECT_TEMPLATES))
+    assert not set(SUBJECT_TEMPLATES) & scored

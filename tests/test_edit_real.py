@@ -136,3 +136,32 @@ def test_contrast_keys_keep_the_rank_one_direction_off_other_subjects(real_model
         assert float(key @ u) == pytest.approx(1.0, rel=1e-3)
         reach[name] = float((others @ u).abs().mean())
     assert reach["contrast"] < 0.5 * reach["plain"], reach
+
+
+def test_default_rome_keeps_the_subjects_other_facts_without_being_told(real_model):
+    """A user lists only the fact; the editor's own probes of France find its other facts (kept)
+    and other wordings of the capital (forgotten), and other subjects with the answer Paris keep it."""
+    from dataclasses import replace
+
+    from excise.comparison import compare
+    from excise.edit.subject_probes import subject_probes
+    from excise.facts import find_fact, load_facts
+
+    model = real_model
+    bundled = find_fact(load_facts("all"), "capital-france")
+    told = replace(bundled, paraphrases=(), neighbors=(), same_subject=(), same_answer=(),
+                   held_out_paraphrases=())
+    found = subject_probes(model, told)
+    assert "Question: What is {}'s capital city?\nAnswer:" in found.forget
+    assert any("language" in t for t in found.keep) and " French" in found.keep_answers
+    edit = rome(model, told, progress=False)
+    try:
+        (c,) = compare(model, [bundled], before=edit.reverted(model))
+    finally:
+        edit.undo(model)
+    assert c.prompt_forgotten
+    assert c.tally("same_subject") == (2, 2)  # the language and the currency of France
+    hits, total = c.tally("same_answer")  # the Eiffel Tower, the Louvre, ... are still in Paris
+    assert total >= 3 and hits == total
+    hits, total = c.tally("held_out_paraphrases")
+    assert hits >= total - 1, c.rows()  # "France's capital is" opens with the subject (see value.py)

@@ -40,7 +40,7 @@ def register(sub) -> None:
                         help="editor (default: rome; several facts with rome run memit)")
     add_model(parser)
     parser.add_argument("--layer", type=int, default=None,
-                        help="MLP layer for rome (default: chosen from the fact's causal trace); "
+                        help="MLP layer for rome (default: the lookup layer, 4 of 30, scaled); "
                              "for memit, its last layer (default: layers 3-5 of 30, scaled)")
     parser.add_argument("--passes", type=int, default=None,
                         help=f"memit passes (default: {MEMIT_DEFAULT_PASSES}; 1 spares more "

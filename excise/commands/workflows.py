@@ -3,9 +3,11 @@
 This module sits above the stages (it imports locate, edit and verify; none of them imports it):
 
 * :func:`run_demo`: the main job on the default model: a causal trace locates "The Eiffel Tower
-  is located in the city of Paris", a rank-one edit at the layer the trace chooses
-  (:meth:`~excise.locate.Localization.edit_layer`) forgets it, and :func:`excise.verify.verify`
-  checks the result with every probe and the before/after circuits; reports land in ``out/``.
+  is located in the city of Paris" (its figure is saved beside the report), a rank-one edit at
+  the default lookup layer (:func:`~excise.edit.rank_one.default_layer`, earlier than the
+  trace's peak, where relearning does not bring the fact back) forgets it, and
+  :func:`excise.verify.verify` checks the result with every probe and the before/after circuits;
+  reports land in ``out/``.
 * :func:`edit_facts`: one editor on one or several facts, as ``excise forget`` chooses it.
 * :func:`forget_report`: every probe group of the edited facts before and after the edit
   (:class:`excise.comparison.Comparison`), and perplexity, as JSON-able data.
@@ -41,8 +43,8 @@ def run_demo(model=None, out: str | Path = "out", fact_id: str = DEMO_FACT, rele
     bridge = model if given else load_model(None if model is None else str(model))
     fact = find_fact(load_facts("all"), fact_id)
     trace = causal_trace(bridge, fact, site="mlp", samples=5, progress=progress)
-    edit = rome(bridge, fact, layer=trace, progress=progress)
-    log.info("demo: %s", edit.info["layer_choice"])
+    edit = rome(bridge, fact, progress=progress)
+    log.info("demo: %s; the trace's peak: %s", edit.info["layer_choice"], trace.edit_layer()[1])
     try:
         report = verify(bridge, fact, relearn_steps=relearn_steps, circuits=True, progress=progress)
     finally:
@@ -55,7 +57,7 @@ def run_demo(model=None, out: str | Path = "out", fact_id: str = DEMO_FACT, rele
     trace.plot().write_html(out / "trace.html", include_plotlyjs=True)
     verdict = report.facts[0]
     print(f"{fact.id}: {verdict.verdict} - {verdict.reason}")
-    print(f"edit: rome, {edit.info['layer_choice']}")
+    print(f"edit: rome, {edit.info['layer_choice']}; the causal trace peaks at layer {trace.edit_layer()[0]}")
     print(f"report: {html.resolve()}\njson:   {(out / 'report.json').resolve()}")
     return html
 

@@ -22,7 +22,11 @@ so ``u`` stays nearly orthogonal to them (its effect on neighbours is measured b
 ``bench/forget_quality.py``). ``contrast=0`` gives plain ROME.
 
 The layer: given, or read off a :class:`~excise.locate.Localization` (``layer=trace``, see
-:meth:`~excise.locate.Localization.edit_layer`), or, when None, from the fact's MLP causal trace.
+:meth:`~excise.locate.Localization.edit_layer`), or, when None, the default *lookup layer*
+(:func:`default_layer`, a fixed share of the depth): where the subject's attributes are read into
+its last token. Editing there is what verification rewards: the causal trace's peak is often
+later, where an edit is undone by a little relearning (``bench/forget_quality.py`` and
+``bench/robustness.py`` compare them on the tuning facts).
 """
 
 from __future__ import annotations
@@ -56,20 +60,27 @@ class RomeSettings:
     ``ridge``: Tikhonov term added to ``C`` (times its mean diagonal) before solving;
     ``max_update_ratio``: refuse updates with ``||dW|| > max_update_ratio * ||W||``;
     ``contrast``, ``contrast_weight``: how many other subjects' keys to protect and their weight in
-    the key statistics (``contrast=0`` is plain ROME); ``trace_samples``: noise samples of the
-    causal trace that picks the layer when none is given.
+    the key statistics (``contrast=0`` is plain ROME).
     """
 
     ridge: float = 1e-2
     max_update_ratio: float = 1.0
     contrast: int = CONTRAST_SUBJECTS
     contrast_weight: float = CONTRAST_WEIGHT
-    trace_samples: int = 5
+
+
+LOOKUP_DEPTH = 0.14
+"""The default edit layer's share of the depth (layer 4 of 30): chosen on the tuning facts."""
+
+
+def default_layer(model) -> int:
+    """The MLP layer a rank-one edit rewrites by default: :data:`LOOKUP_DEPTH` of the way in."""
+    return min(model.cfg.n_layers - 1, round(LOOKUP_DEPTH * model.cfg.n_layers))
 
 
 def rome(model, fact, layer=None, objective: str = "forget", new_target: str | None = None, *,
          corpus: str | None = None, ridge: float = 1e-2, max_update_ratio: float = 1.0,
-         trace_samples: int = 5, contrast: int = CONTRAST_SUBJECTS,
+         contrast: int = CONTRAST_SUBJECTS,
          contrast_weight: float = CONTRAST_WEIGHT, contrast_avoid=(),
          settings: ValueSettings | None = None, progress: bool = True) -> Edit:
     """Forget (or replace) ``fact`` with a rank-one update of one MLP; applies it and returns the Edit.
@@ -77,10 +88,10 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
     Args:
         fact: the :class:`~excise.facts.Fact` to edit (several facts at once: :func:`~excise.edit.memit`).
         layer: the MLP layer to rewrite: an int, a :class:`~excise.locate.Localization` (its
-            :meth:`~excise.locate.Localization.edit_layer`), or None to trace the fact first.
+            :meth:`~excise.locate.Localization.edit_layer`), or None for :func:`default_layer`.
         objective: "forget" (drive the target down) or "replace" (make ``new_target`` the answer).
         corpus: a text file for the key statistics (default: text the model generates).
-        ridge, max_update_ratio, trace_samples, contrast, contrast_weight: see :class:`RomeSettings`.
+        ridge, max_update_ratio, contrast, contrast_weight: see :class:`RomeSettings`.
         contrast_avoid: other facts whose subjects and probes the contrast keys must not use
             (the rest of a sequence of edits, so that their probes stay held out).
         settings: the value optimisation's :class:`ValueSettings`.
@@ -89,12 +100,12 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
         raise ValueError("rome() edits one fact; use excise.edit.memit(model, facts) for several")
     from excise.model import weights_hash
 
-    chosen = RomeSettings(ridge, max_update_ratio, contrast, contrast_weight, trace_samples)
+    chosen = RomeSettings(ridge, max_update_ratio, contrast, contrast_weight)
     objective_target(fact, objective, new_target)
     subject_positions(model, fact.prompt, fact.subject, warn=True)
     base_hash = weights_hash(model)
     info = {}
-    layer, info["layer_choice"] = _resolve_layer(model, fact, layer, chosen.trace_samples, progress)
+    layer, info["layer_choice"] = _resolve_layer(model, layer)
     settings = settings or ValueSettings()
     stats = key_stats(model, [layer], SampleSpec(corpus=corpus), progress, base_hash)[layer]
     templates = rewriting_prompts(model, fact.prompt, settings.n_prefixes)
@@ -119,12 +130,11 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
     return edit
 
 
-def _resolve_layer(model, fact, layer, trace_samples: int, progress: bool = False) -> tuple[int, str]:
-    """``(layer, why)`` from an int, a Localization, or None (trace the fact's MLPs first)."""
+def _resolve_layer(model, layer) -> tuple[int, str]:
+    """``(layer, why)`` from an int, a Localization, or None (:func:`default_layer`)."""
     if layer is None:
-        from excise.locate import causal_trace
-
-        layer = causal_trace(model, fact, site="mlp", samples=trace_samples, progress=progress)
+        layer = default_layer(model)
+        return layer, f"layer {layer}: the default lookup layer ({LOOKUP_DEPTH:.0%} of the depth)"
     if hasattr(layer, "edit_layer"):
         return layer.edit_layer()
     layer = int(layer)

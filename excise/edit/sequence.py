@@ -32,7 +32,7 @@ def rome_sequence(model, facts, layer: int | None = None, *, progress: bool = Tr
     returns one Edit for all of them.
 
     ``layer`` and ``rome_kwargs`` are passed to every :func:`~excise.edit.rank_one.rome` call
-    (``layer=None`` traces each fact for its own layer). Each fact's contrast keys avoid the
+    (``layer=None``: the default lookup layer). Each fact's contrast keys avoid the
     other facts' subjects and probes, so those stay held out. If one edit is refused, the edits
     made so far are undone and the error is raised: the model is left as it was.
     """

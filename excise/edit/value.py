@@ -12,7 +12,9 @@ and (``paraphrases=True``) the fact's paraphrase templates, bare and prefixed, s
 * ``objective="replace"``: the new target becomes the answer (ROME's classic edit);
 
 while a KL term keeps the model's other predictions about the subject (``"{} is a"``-style
-prompts) and a weight decay keeps ``delta`` small relative to the MLP's original output.
+prompts, and the other facts the editor's own probes of the subject find:
+:mod:`excise.edit.subject_probes`, which also adds the probes that state the fact itself to the
+prompts to forget) and a weight decay keeps ``delta`` small relative to the MLP's original output.
 
 How ``delta`` enters the forward pass: for MEMIT it is added at the subject's last token only.
 For ROME, given the edit's direction ``u = C^-1 k* / (k*^T C^-1 k*)``, the rank-one edit
@@ -35,6 +37,7 @@ from excise.components import frozen, mlp_out_module
 from excise.criteria import TRAINING_MARGIN, dethroned_and_fell
 from excise.edit.keys import subject_batch
 from excise.edit.prompts import fact_templates
+from excise.edit.subject_probes import subject_probes
 from excise.hooks import trace
 from excise.scoring import target_logprobs
 
@@ -54,7 +57,9 @@ class ValueSettings:
     rank-one direction that also fires on ordinary text. ``essence_templates``: prompts about
     the subject alone whose predictions a KL term keeps (minus the target, when forgetting).
     ``margin``: nats the target's first token is pushed down, and the goal that stops the
-    optimisation early (:data:`excise.criteria.TRAINING_MARGIN`).
+    optimisation early (:data:`excise.criteria.TRAINING_MARGIN`). ``subject_probes``: probe the
+    subject with :data:`~excise.edit.subject_probes.SUBJECT_TEMPLATES` and forget where the model
+    states the fact, keep (KL, like the essence prompts) where it states another.
     """
 
     n_prefixes: int = 4
@@ -67,6 +72,7 @@ class ValueSettings:
     paraphrases: bool = True
     text_kl_weight: float = 0.5
     essence_templates: tuple[str, ...] = ESSENCE_TEMPLATES
+    subject_probes: bool = True
 
 
 def objective_target(fact, objective: str, new_target: str | None) -> str:
@@ -113,9 +119,14 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     s = settings or ValueSettings()
     answer = objective_target(fact, objective, new_target)
     templates = fact_templates(model, fact, s.n_prefixes, s.paraphrases)
+    essence = list(s.essence_templates)
+    if s.subject_probes:
+        found = subject_probes(model, fact)
+        templates += [t for t in found.forget if t not in templates]
+        essence += [t for t in found.keep if t not in essence]
     module = mlp_out_module(model, layer)
     with frozen(model):
-        prob = _prepare(model, module, fact, templates, answer, objective, s.essence_templates)
+        prob = _prepare(model, module, fact, templates, answer, objective, essence)
         delta = torch.zeros(model.cfg.d_model, device=prob.batch.tokens.device, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=s.lr)
         history = []
@@ -167,8 +178,9 @@ def _prepare(model, module, fact, templates, answer, objective, essence_template
     all_templates = templates + essence
     batch, positions = subject_batch(model, all_templates, [fact.subject] * len(all_templates),
                                      [answer] * n_rewrite + [fact.target] * len(essence))
-    base_norm = _module_output_norm(model, module, batch.tokens[:n_rewrite], positions[:n_rewrite])
-    logits0 = model(batch.tokens)
+    with trace({"mlp_out": module}, outputs=True) as seen:  # one forward: logits and the MLP's output
+        logits0 = model(batch.tokens)
+    base_norm = _output_norm(seen["mlp_out"].output[:n_rewrite], positions[:n_rewrite])
     lp0 = batch.first_answer_logprobs(logits0)  # [batch, d_vocab]
     seq0 = target_logprobs(logits0.float(), batch)[:n_rewrite]  # [n_rewrite]
     first_ids = batch.first_target_ids
@@ -219,15 +231,12 @@ def _loss(logits, prob: _Problem, objective: str, s: ValueSettings, delta, with_
     return loss, done, seq, record
 
 
-@torch.no_grad()
-def _module_output_norm(model, module, tokens, positions) -> float:
-    """Mean norm of ``module``'s output at ``positions[b]`` over the rows of ``tokens``: the scale
-    of ``delta`` (its clamp and weight decay). A mean over all rewrite prompts, because the first
+def _output_norm(output: torch.Tensor, positions: torch.Tensor) -> float:
+    """Mean norm of the MLP's output ``[batch, pos, d_model]`` at ``positions[b]``: the scale of
+    ``delta`` (its clamp and weight decay). A mean over all rewrite prompts, because the first
     one may open with the subject, where the output is unusually small."""
-    with trace({"mlp_out": module}, outputs=True) as seen:
-        model(tokens[: len(positions)])
-    rows = torch.arange(len(positions), device=tokens.device)
-    return float(seen["mlp_out"].output[rows, positions].float().norm(dim=-1).mean())
+    rows = torch.arange(len(positions), device=output.device)
+    return float(output[rows, positions].float().norm(dim=-1).mean())
 
 
 def _without_targets(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
