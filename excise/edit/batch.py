@@ -71,6 +71,11 @@ class MemitSettings:
     passes: int = DEFAULT_PASSES
 
 
+MEMIT_VALUES = ValueSettings(subject_probes=False)
+"""memit's default value settings: without the rank-one editor's probes of each subject
+(:mod:`excise.edit.subject_probes`), as its batch rows in the README were measured."""
+
+
 def default_layers(model, spread: int = DEFAULT_SPREAD) -> list[int]:
     """``spread`` consecutive layers ending a sixth of the way into the model (3-5 of 30); the
     comparison with other spreads is in the README's batch table."""
@@ -114,7 +119,7 @@ def memit(model, facts, layers: list[int] | None = None, objective: str = "forge
     layers = sorted(set(layers)) if layers is not None else default_layers(model)
     if not all(0 <= layer < model.cfg.n_layers for layer in layers):
         raise ValueError(f"layers {layers} out of range: the model has {model.cfg.n_layers} layers")
-    settings = settings or ValueSettings()
+    settings = settings or MEMIT_VALUES
     base_hash = weights_hash(model)
     stats = key_stats(model, layers, SampleSpec(corpus=corpus), progress, base_hash)
     second_moments = {layer: stats[layer].second_moment for layer in layers}
