@@ -1,7 +1,8 @@
 """``excise demo``: the main job on the default model (locate -> forget -> verify one fact).
 
-A causal trace locates the fact, a rank-one edit at the layer the trace chooses forgets it, and
-every verification probe checks the result; the HTML and JSON reports land in ``--out``.
+A causal trace locates the fact, a rank-one edit at the default lookup layer forgets it (the
+trace's peak is printed beside it), and every verification probe checks the result; the HTML and
+JSON reports land in ``--out``.
 """
 
 from __future__ import annotations
