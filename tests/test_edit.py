@@ -32,6 +32,8 @@ def test_rome_matches_closed_form_and_undoes_bit_for_bit(tiny):
     logits0 = _logits(tiny)
     edit = rome(tiny, FACT, layer=1, settings=FAST, progress=False)
     assert tiny.excise_edits == [edit]
+    probes = edit.info["value"]["subject_probes"]  # what the editor's own probes of France found
+    assert set(probes) == {"forget", "keep", "keep_answers"} and len(probes["keep"]) <= 8
     ((name, delta),) = edit.deltas.items()
     view = delta if delta.shape[0] == tiny.cfg.d_mlp else delta.T  # [d_mlp, d_model]
     singular = torch.linalg.svdvals(view.double())

@@ -120,6 +120,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     answer = objective_target(fact, objective, new_target)
     templates = fact_templates(model, fact, s.n_prefixes, s.paraphrases)
     essence = list(s.essence_templates)
+    found = None
     if s.subject_probes:
         found = subject_probes(model, fact)
         templates += [t for t in found.forget if t not in templates]
@@ -150,6 +151,9 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
         "steps": len(history), "goal_met": done, "final": history[-1], "exact": direction is not None,
         "target_logprob_before": prob.seq0.tolist(), "target_logprob_after": seq.detach().tolist(),
         "mlp_output_norm": prob.base_norm, "delta_norm": float(delta.detach().norm()),
+        "kept_prompts": [t.format(fact.subject) for t in essence],
+        "subject_probes": None if found is None else {
+            "forget": list(found.forget), "keep": list(found.keep), "keep_answers": list(found.keep_answers)},
     }
     return delta.detach(), info
 
