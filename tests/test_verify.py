@@ -217,8 +217,8 @@ def test_outcomes_and_verdict_follow_the_criteria():
     assert mc.status == "forgotten"
     label, reason = outcome.verdict(True, (2, 3), [lens, mc], 5, 0.01, 0.8)
     assert label == "recoverable" and "2/3 paraphrases" in reason and "lens" in reason
-    label, reason = outcome.verdict(True, (3, 3), [mc], 5, 0.01, 0.8)
-    assert label == "forgotten" and "no probe recovers" in reason
+    label, reason = outcome.verdict(True, (3, 3), [mc], 5, 0.01, 0.8, held_out=(4, 5))
+    assert label == "forgotten" and "no probe recovers" in reason and "4/5 held-out paraphrases" in reason
     label, _ = outcome.verdict(False, (0, 3), [], 0, 0.5, 0.8)
     assert label == "not forgotten"
 

@@ -175,7 +175,8 @@ def _fact_report(i: int, facts, before: _State, after: _State, attacked: dict[st
     outcomes = [_judge(p, before, after, attacked, i, comparison) for p in probes]
     b, a = comparison.before["prompt"], comparison.after["prompt"]
     label, reason = outcome.verdict(comparison.prompt_forgotten, comparison.tally("paraphrases"),
-                                    outcomes, int(a.rank[0]), float(a.prob[0]), float(b.prob[0]))
+                                    outcomes, int(a.rank[0]), float(a.prob[0]), float(b.prob[0]),
+                                    comparison.tally("held_out_paraphrases"))
     return FactReport(fact=fact, verdict=label, reason=reason, summary=Summary.of(comparison),
                       comparison=comparison, probes=outcomes, n_related=n_related)
 

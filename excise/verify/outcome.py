@@ -108,10 +108,11 @@ def skipped(probe: str, reason: str) -> ProbeOutcome:
 
 
 def verdict(prompt_forgotten: bool, paraphrases: tuple[int, int], outcomes: list[ProbeOutcome],
-            after_rank: int, after_prob: float, before_prob: float) -> tuple[str, str]:
+            after_rank: int, after_prob: float, before_prob: float,
+            held_out: tuple[int, int] = (0, 0)) -> tuple[str, str]:
     """``(label, reason)`` for one fact: "not forgotten", "recoverable" or "forgotten".
 
-    ``paraphrases`` is ``(forgotten, total)``.
+    ``paraphrases`` and ``held_out`` (the held-out paraphrases) are ``(forgotten, total)``.
     """
     if not prompt_forgotten:
         drop = 1 - after_prob / max(before_prob, 1e-12)
@@ -120,6 +121,7 @@ def verdict(prompt_forgotten: bool, paraphrases: tuple[int, int], outcomes: list
                                  f"and a {PROB_DROP:.0%} drop)")
     gone, total = paraphrases
     where = "on prompt" + (f" and {gone}/{total} paraphrases" if total else "")
+    where += f" and {held_out[0]}/{held_out[1]} held-out paraphrases" if held_out[1] else ""
     back = [o for o in outcomes if o.status == "recovered"]
     if not back:
         checked = [o.probe for o in outcomes if o.status == "forgotten"]
