@@ -43,8 +43,9 @@ def run_demo(model=None, out: str | Path = "out", fact_id: str = DEMO_FACT, rele
     bridge = model if given else load_model(None if model is None else str(model))
     fact = find_fact(load_facts("all"), fact_id)
     trace = causal_trace(bridge, fact, site="mlp", samples=5, progress=progress)
+    peak, why = trace.edit_layer()
     edit = rome(bridge, fact, progress=progress)
-    log.info("demo: %s; the trace's peak: %s", edit.info["layer_choice"], trace.edit_layer()[1])
+    log.info("demo: %s; the trace's peak: %s", edit.info["layer_choice"], why)
     try:
         report = verify(bridge, fact, relearn_steps=relearn_steps, circuits=True, progress=progress)
     finally:
@@ -57,7 +58,7 @@ def run_demo(model=None, out: str | Path = "out", fact_id: str = DEMO_FACT, rele
     trace.plot().write_html(out / "trace.html", include_plotlyjs=True)
     verdict = report.facts[0]
     print(f"{fact.id}: {verdict.verdict} - {verdict.reason}")
-    print(f"edit: rome, {edit.info['layer_choice']}; the causal trace peaks at layer {trace.edit_layer()[0]}")
+    print(f"edit: rome, {edit.info['layer_choice']}; the causal trace peaks at layer {peak}")
     print(f"report: {html.resolve()}\njson:   {(out / 'report.json').resolve()}")
     return html
 
