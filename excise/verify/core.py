@@ -79,7 +79,7 @@ class _State:
 def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: int = 20,
            relearn_lr: float = 5e-5, relearn_facts: int = 16, pool=None, fluency_tokens: int = 30,
            perplexity: bool = True, few_shot_k: int = 3, mc_orders: int = 3, circuits: bool = False,
-           progress: bool = True) -> Report:
+           progress: bool = True, budgets: dict | None = None) -> Report:
     """Verify that ``edited`` forgot ``fact_or_facts`` (a Fact or a list) and kept the rest.
 
     Args:
@@ -92,19 +92,19 @@ def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: i
         perplexity: measure held-out perplexity.
         circuits: also record causal traces, head/neuron direct logit attributions and last-position
             attention before/after (slow: ~2 x n_layers forward batches per fact).
+        budgets: other attack budgets by :class:`~excise.verify.probes.base.Setup` field name
+            (``{"lora_steps": (10, 30), "quant_bits": (4,)}``); every budget is recorded in
+            ``Report.settings``.
     """
     facts = [fact_or_facts] if isinstance(fact_or_facts, Fact) else list(fact_or_facts)
     if not facts:
         raise ValueError("verify needs at least one fact")
     chosen = select(probes)
     pool = _default_pool(facts) if pool is None else list(pool)
-    targets, ids = {f.target for f in facts}, {f.id for f in facts}
-    setup = Setup(related=[related_probes(f, pool, targets, ids) for f in facts], few_shot_k=few_shot_k,
-                  mc_orders=mc_orders, relearn_steps=relearn_steps, relearn_lr=relearn_lr,
-                  relearn_facts=relearn_facts, progress=progress)
-    settings = dict(probes=list(probes), relearn_steps=relearn_steps, relearn_lr=relearn_lr,
-                    relearn_facts=relearn_facts,
-                    fluency_tokens=fluency_tokens, few_shot_k=few_shot_k, mc_orders=mc_orders)
+    setup = _setup(facts, pool, budgets, few_shot_k=few_shot_k, mc_orders=mc_orders,
+                   relearn_steps=relearn_steps, relearn_lr=relearn_lr, relearn_facts=relearn_facts,
+                   progress=progress)
+    settings = dict(probes=list(probes), fluency_tokens=fluency_tokens, **setup.budgets())
     on_states = [p for p in chosen if not p.attack]
     per_state = 2 + len(on_states) + int(circuits)
     bar = tqdm(total=2 * per_state + len(chosen) - len(on_states), desc="verify", unit="step",
@@ -137,6 +137,17 @@ def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: i
     return Report(facts=reports, before=before.quality, after=after.quality, settings=settings,
                   model=getattr(edited, "excise_name", type(edited).__name__),
                   edits=[_edit_summary(e) for e in edits], circuits=_circuits(before, after))
+
+
+def _setup(facts, pool, budgets: dict | None, **named) -> Setup:
+    """The probes' :class:`Setup`: related facts, the named budgets, then ``budgets`` over them."""
+    budgets = dict(budgets or {})
+    known = set(Setup.__dataclass_fields__) - {"related", "progress"}
+    unknown = sorted(set(budgets) - known)
+    if unknown:
+        raise ValueError(f"unknown attack budget(s) {unknown}; choose from {sorted(known)}")
+    targets, ids = {f.target for f in facts}, {f.id for f in facts}
+    return Setup(related=[related_probes(f, pool, targets, ids) for f in facts], **{**named, **budgets})
 
 
 class _Step:

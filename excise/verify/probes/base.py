@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,11 @@ class Setup:
     """What probes may use besides the model and the facts; the same for both states.
 
     ``related[i]`` holds other facts of ``facts[i]``'s relation as ``excise.facts.Probe`` pairs,
-    none of which states a verified answer (:func:`excise.verify.core.related_probes`).
+    none of which states a verified answer (:func:`excise.verify.core.related_probes`). The other
+    fields are the probes' budgets, recorded in the report: relearning (full fine-tuning for
+    ``relearn_steps`` and, continued, ``relearn_long_steps``; LoRA of ``lora_rank`` at each of
+    ``lora_steps``), the candidate-set sizes B of the logit-lens and rephrasing extraction, the
+    quantization bit widths and group size, and the sampling of the generation attack.
     """
 
     related: list[list]
@@ -40,7 +44,22 @@ class Setup:
     relearn_steps: int = 20
     relearn_lr: float = 5e-5
     relearn_facts: int = 16
+    relearn_long_steps: int = 40
+    lora_rank: int = 8
+    lora_lr: float = 1e-3
+    lora_steps: tuple[int, ...] = (20, 40)
+    lens_candidates: tuple[int, ...] = (1, 20)
+    rephrase_candidates: tuple[int, ...] = (1, 20)
+    quant_bits: tuple[int, ...] = (8, 4)
+    quant_group: int = 128
+    gen_temperatures: tuple[float, ...] = (0.7, 1.0)
+    gen_seeds: int = 2
+    gen_tokens: int = 24
     progress: bool = False
+
+    def budgets(self) -> dict:
+        """Every attack's budget by field name (what the report records as settings)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("related", "progress")}
 
 
 @dataclass(frozen=True)

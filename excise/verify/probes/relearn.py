@@ -8,7 +8,7 @@ answer) and record the forgotten target's probability along the way.
 
 A return alone does not show that *this* fact came back: the attack may just teach the relation's
 frequent answers. So the same run also watches a control: the fact's prompt with made-up subjects
-the model never knew (:data:`CONTROL_SUBJECTS`, :func:`control_probes`), with the same answer. If
+the model never knew (:mod:`excise.verify.control`), with the same answer. If
 the answer rises as much for them, the attack taught the answer, not the fact, and the probe says
 nothing about the edit (:func:`judge_relearn`).
 
@@ -28,13 +28,12 @@ from tqdm.auto import tqdm
 
 from excise.facts import Probe
 from excise.scoring import build_batch, score_targets, target_logprobs
+from excise.verify.control import control_explains, control_probes
 from excise.verify.outcome import ProbeOutcome, Scored, judge_scored
 from excise.verify.probes.base import RobustnessProbe, Skipped
 
 log = logging.getLogger(__name__)
 
-CONTROL_SUBJECTS = ("Zorbla Quaxton", "Vennick Throale", "Mirabet Oskelund")
-CONTROL_SHARE = 0.5
 NO_DATA = "no other facts of this relation to relearn on"
 
 
@@ -68,12 +67,6 @@ class RelearnReading(Scored):
     """The forgotten target after the attack (``rank``, ``prob``) and its ``curve`` along the way."""
 
     curve: FactCurve
-
-
-def control_probes(fact, subjects=CONTROL_SUBJECTS) -> list[Probe]:
-    """``fact``'s prompt about made-up subjects, with ``fact``'s answer: what relearning would
-    raise for a fact the model never knew."""
-    return [Probe(fact.prompt.format(subject), fact.target) for subject in subjects]
 
 
 def relearn(model, train, watch, steps: int = 20, lr: float = 5e-5, record_every: int | None = None,
@@ -165,13 +158,13 @@ def judge_relearn(before: Scored, after: RelearnReading, what: str) -> ProbeOutc
     ``after.curve.control_prob`` is the answer's mean probability for made-up subjects during the
     same attack. A return counts as "recovered" only when the answer comes back for this subject
     clearly more than for subjects the model never knew (the control ends below
-    :data:`CONTROL_SHARE` of the fact's probability); otherwise the attack taught the answer, not
+    :data:`~excise.verify.control.CONTROL_SHARE` of the fact's probability); otherwise the attack taught the answer, not
     the fact, and the probe is "uninformative".
     """
     control = after.curve.control_prob
     what = f"{what}; made-up subjects: p={control[0]:.3f} -> {control[-1]:.3f}"
     judged = judge_scored("relearn", before, after, what)
-    if judged.status == "recovered" and control[-1] >= CONTROL_SHARE * after.prob:
+    if judged.status == "recovered" and control_explains(after.prob, control[-1]):
         judged.status = "uninformative"
         judged.reason = (f"{judged.reason}: the attack raises the answer for subjects the model "
                          "never knew about as much, so it says nothing about this fact")
