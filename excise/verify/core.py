@@ -23,6 +23,7 @@ from excise.comparison import Comparison, fact_pairs, score_groups
 from excise.facts import Fact, Probe
 from excise.scoring import Scores
 from excise.verify import outcome
+from excise.verify.paper_metrics import new_target_scores, paper_metrics
 from excise.verify.probes.base import RobustnessProbe, Setup, Skipped
 from excise.verify.probes.registry import PROBES, select
 from excise.verify.quality import Quality, model_quality
@@ -74,6 +75,7 @@ class _State:
     readings: dict[str, list]
     quality: Quality
     circuits: list[dict] | None = None
+    new_targets: list[dict[str, Scores] | None] | None = None
 
 
 def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: int = 20,
@@ -166,7 +168,7 @@ class _Step:
 
 def _measure(model, facts, probes: list[RobustnessProbe], setup: Setup, fluency_tokens: int,
              perplexity: bool, circuits: bool, step: _Step) -> _State:
-    scores = step("scores", score_groups, model, facts)
+    scores, new_targets = step("scores", _scores, model, facts)
     readings = {p.name: step(p.name, p.measure, model, facts, setup) for p in probes}
     quality = step("quality", model_quality, model, [f.text for f in facts], fluency_tokens,
                    perplexity)
@@ -175,7 +177,12 @@ def _measure(model, facts, probes: list[RobustnessProbe], setup: Setup, fluency_
         from excise.verify.circuits import trace_facts
 
         traced = step("circuits", trace_facts, model, facts, progress=setup.progress)
-    return _State(scores, readings, quality, traced)
+    return _State(scores, readings, quality, traced, new_targets)
+
+
+def _scores(model, facts):
+    """Each fact's groups scored, and its counterfactual target's scores where it has one."""
+    return score_groups(model, facts), new_target_scores(model, facts)
 
 
 def _fact_report(i: int, facts, before: _State, after: _State, attacked: dict[str, list],
@@ -188,8 +195,9 @@ def _fact_report(i: int, facts, before: _State, after: _State, attacked: dict[st
     label, reason = outcome.verdict(comparison.prompt_forgotten, comparison.tally("paraphrases"),
                                     outcomes, int(a.rank[0]), float(a.prob[0]), float(b.prob[0]),
                                     comparison.tally("held_out_paraphrases"))
+    metrics = paper_metrics(comparison, after.new_targets[i] if after.new_targets else None)
     return FactReport(fact=fact, verdict=label, reason=reason, summary=Summary.of(comparison),
-                      comparison=comparison, probes=outcomes, n_related=n_related)
+                      comparison=comparison, probes=outcomes, n_related=n_related, metrics=metrics)
 
 
 def _judge(probe: RobustnessProbe, before: _State, after: _State, attacked: dict[str, list], i: int,

@@ -21,6 +21,7 @@ from excise.comparison import GROUPS, Comparison
 from excise.facts import Fact
 from excise.scoring import Scores
 from excise.verify.outcome import ProbeOutcome
+from excise.verify.paper_metrics import PaperMetrics, mean_metrics
 from excise.verify.quality import Quality
 
 
@@ -81,6 +82,7 @@ class FactReport:
     comparison: Comparison
     probes: list[ProbeOutcome]
     n_related: int = 0
+    metrics: PaperMetrics | None = None
 
     @property
     def id(self) -> str:
@@ -110,6 +112,7 @@ class FactReport:
     def to_dict(self) -> dict:
         return {"fact": self.fact.to_dict(), "verdict": self.verdict, "reason": self.reason,
                 "summary": self.summary.to_dict(), "scores": self.scores, "n_related": self.n_related,
+                "metrics": None if self.metrics is None else self.metrics.to_dict(),
                 "probes": [o.to_dict() for o in self.probes]}
 
 
@@ -149,6 +152,10 @@ class Report:
             Path(path).write_text(text, encoding="utf-8")
         return text
 
+    def paper_metrics(self) -> dict[str, float]:
+        """The papers' metrics (:mod:`excise.verify.paper_metrics`) averaged over the facts."""
+        return mean_metrics([f.metrics for f in self.facts if f.metrics is not None])
+
     def table(self) -> list[dict]:
         """One row per fact: verdict, summary and each probe's status (for printing)."""
         return [{"fact": f.id, "verdict": f.verdict, **f.summary.cells(),
@@ -181,7 +188,7 @@ class Report:
         path.parent.mkdir(parents=True, exist_ok=True)
         parts = [f"<h1>excise verification report</h1><p>model: {_e(self.model)}; before = "
                  f"{_e(self.settings.get('before', ''))}</p>", _edits_html(self.edits),
-                 _quality_html(self.before, self.after), _facts_html(self)]
+                 _quality_html(self.before, self.after), _facts_html(self), _metrics_html(self)]
         for n, (title, fig) in enumerate(self.figures()):
             body = fig.to_html(full_html=False, include_plotlyjs=(n == 0), default_width="100%")
             parts.append(f"<h2>{_e(title)}</h2>{body}")
@@ -232,6 +239,25 @@ def _quality_html(before: Quality, after: Quality) -> str:
             rows.append([f"fluency, {kind} (n-gram entropy)", f"{getattr(before.fluency, kind):.3f}",
                          f"{getattr(after.fluency, kind):.3f}"])
     return "<h2>Model quality</h2>" + _rows(["metric", "before", "after"], rows) if rows else ""
+
+
+def _metrics_html(report: Report) -> str:
+    """The papers' metrics per fact (rewrite score, delta-accuracy, CounterFact scores)."""
+    per = [(f.id, f.metrics) for f in report.facts if f.metrics is not None]
+    names = list(report.paper_metrics())
+    if not names:
+        return ""
+    rows = []
+    for fact_id, m in per:
+        flat = {f"{family}.{k}": v for family in ("rewrite_score", "delta_acc", "counterfact")
+                for k, v in (getattr(m, family) or {}).items()}
+        rows.append([fact_id, *(f"{flat[n]:+.3f}" if n in flat else "" for n in names)])
+    mean = report.paper_metrics()
+    rows.append(["mean", *(f"{mean[n]:+.3f}" for n in names)])
+    return ("<h2>Paper metrics</h2><p>Rewrite score (Hase et al. 2023): (p before - p after) / p before "
+            "of the forgotten answer; delta-acc (Patil et al. 2024): accuracy after minus before on "
+            "the probes to keep; CounterFact ES/PS/NS and magnitudes (Meng et al. 2022) where the fact "
+            "has a new target.</p>" + _rows(["fact", *names], rows))
 
 
 def _facts_html(report: Report) -> str:
