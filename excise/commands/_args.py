@@ -91,3 +91,32 @@ def check_new_file(path, force: bool = False, what: str = "-o") -> Path:
     except ValueError as err:
         raise ValueError(f"{what}: {err}") from err
     return file
+
+
+def add_budgets(parser) -> None:
+    """``--budget NAME=VALUE`` (repeatable): an attack budget of verify's probes."""
+    parser.add_argument("--budget", action="append", default=[], metavar="NAME=VALUE",
+                        help="an attack budget, e.g. lora_steps=10,30 or quant_bits=4 (repeatable; "
+                             "names: the fields of excise.verify.probes.base.Setup)")
+
+
+def parse_budgets(args) -> dict:
+    """``--budget`` values as verify's ``budgets=``: numbers, and comma lists as tuples."""
+    from excise.verify.probes.base import Setup
+
+    defaults = Setup(related=[]).budgets()
+    out = {}
+    for item in args.budget or []:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in defaults:
+            raise ValueError(f"--budget {item!r}: give NAME=VALUE with NAME one of "
+                             f"{', '.join(sorted(defaults))}")
+        default = defaults[name]
+        kind = type(default[0]) if isinstance(default, tuple) else type(default)
+        try:
+            parts = [kind(v) for v in value.split(",") if v.strip()]
+        except ValueError as err:
+            raise ValueError(f"--budget {item!r}: {value!r} is not a {kind.__name__}") from err
+        out[name] = tuple(parts) if isinstance(default, tuple) else parts[0]
+    return out

@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 
 from excise.commands._args import (
+    add_budgets,
     add_command,
     add_facts,
     add_model,
     add_progress,
     check_new_file,
+    parse_budgets,
     select_facts,
 )
 
@@ -41,6 +43,7 @@ def register(sub) -> None:
                    help=f"comma-separated probes, of {', '.join(PROBES)} (default: all)")
     p.add_argument("--relearn-steps", type=int, default=20,
                    help="Adam steps of the relearning attack (default: 20)")
+    add_budgets(p)
     p.add_argument("--fluency-tokens", type=int, default=30,
                    help="tokens generated per prompt for fluency; 0 skips fluency (default: 30)")
     p.add_argument("--no-perplexity", action="store_true", help="skip held-out perplexity")
@@ -62,6 +65,7 @@ def run_verify(args: argparse.Namespace) -> int:
     bad = set(probes) - set(PROBES)
     if bad:
         raise ValueError(f"unknown probe(s) {sorted(bad)}; choose from {', '.join(PROBES)}")
+    budgets = parse_budgets(args)
     facts = select_facts(args)
     outputs = [check_new_file(path, args.force, flag)
                for path, flag in ((args.html, "--html"), (args.json, "--json")) if path]
@@ -70,7 +74,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
     report = verify(model, facts, original=original, probes=probes, relearn_steps=args.relearn_steps,
                     fluency_tokens=args.fluency_tokens, perplexity=not args.no_perplexity,
-                    circuits=args.circuits, progress=not args.no_progress)
+                    circuits=args.circuits, progress=not args.no_progress, budgets=budgets)
     for row in report.table():
         print(f"{row['fact']}: {row['verdict']}  " + "  ".join(
             f"{k}={v}" for k, v in row.items() if k not in ("fact", "verdict")))
