@@ -167,6 +167,8 @@ def test_verify_tiny_reverts_edits_and_writes_reports(tiny, tmp_path):
     assert {o.probe for o in fr.probes} == {"logit_lens", "question", "multiple_choice", "few_shot",
                                             "linear_probe", "relearn"}
     assert fr.verdict in ("not forgotten", "recoverable", "forgotten")
+    assert {"scores", "logit_lens", "relearn", "quality"} <= set(report.timings)
+    assert all(seconds >= 0 for seconds in report.timings.values())
     lens = fr.probe("logit_lens").after
     assert len(lens.layer_prob) == tiny.cfg.n_layers
     data = json.loads(report.to_json(tmp_path / "r.json"))

@@ -14,6 +14,7 @@ answer.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -112,9 +113,11 @@ def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: i
     bar = tqdm(total=2 * per_state + len(chosen) - len(on_states), desc="verify", unit="step",
                disable=not progress)
 
+    timings: dict[str, float] = {}
+
     def measure(model, state: str) -> _State:
         return _measure(model, facts, on_states, setup, fluency_tokens, perplexity, circuits,
-                        _Step(bar, state))
+                        _Step(bar, state, timings))
 
     after = measure(edited, "after")
     edits = list(getattr(edited, "excise_edits", []) or [])
@@ -130,7 +133,7 @@ def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: i
         log.warning("no original model and no recorded edits: 'before' equals 'after'")
         before, source = after, "same model (no edit recorded)"
         bar.update(per_state)
-    step = _Step(bar, "attack")
+    step = _Step(bar, "attack", timings)
     attacked = {p.name: step(p.name, p.measure, edited, facts, setup) for p in chosen if p.attack}
     bar.close()
     reports = [_fact_report(i, facts, before, after, attacked, chosen, len(setup.related[i]))
@@ -138,7 +141,8 @@ def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: i
     settings["before"] = source
     return Report(facts=reports, before=before.quality, after=after.quality, settings=settings,
                   model=getattr(edited, "excise_name", type(edited).__name__),
-                  edits=[_edit_summary(e) for e in edits], circuits=_circuits(before, after))
+                  edits=[_edit_summary(e) for e in edits], circuits=_circuits(before, after),
+                  timings=timings)
 
 
 def _setup(facts, pool, budgets: dict | None, **named) -> Setup:
@@ -153,16 +157,19 @@ def _setup(facts, pool, budgets: dict | None, **named) -> Setup:
 
 
 class _Step:
-    """Runs one verification step under the progress bar, naming it (``"after: logit_lens"``)."""
+    """Runs one verification step under the progress bar, naming it (``"after: logit_lens"``),
+    and adds its seconds to ``timings[name]`` (both states together)."""
 
-    def __init__(self, bar, state: str):
-        self.bar, self.state = bar, state
+    def __init__(self, bar, state: str, timings: dict[str, float]):
+        self.bar, self.state, self.timings = bar, state, timings
 
     def __call__(self, name: str, fn, *args, **kwargs):
         self.bar.set_postfix_str(f"{self.state}: {name}")
+        start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
             self.bar.update(1)
 
 

@@ -123,7 +123,8 @@ def scores_dict(scores: Scores) -> dict:
 
 @dataclass
 class Report:
-    """The result of :func:`excise.verify.verify`; ``before``/``after`` hold model-level quality."""
+    """The result of :func:`excise.verify.verify`; ``before``/``after`` hold model-level quality;
+    ``timings`` the seconds each step took (scores, each probe, quality), both states together."""
 
     facts: list[FactReport]
     before: Quality
@@ -132,6 +133,7 @@ class Report:
     model: str = ""
     edits: list[dict] = field(default_factory=list)
     circuits: dict | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __getitem__(self, fact_id: str) -> FactReport:
         for f in self.facts:
@@ -142,7 +144,8 @@ class Report:
     def to_dict(self) -> dict:
         return {"model": self.model, "settings": self.settings, "edits": self.edits,
                 "before": self.before.to_dict(), "after": self.after.to_dict(),
-                "facts": [f.to_dict() for f in self.facts], "circuits": self.circuits}
+                "facts": [f.to_dict() for f in self.facts], "circuits": self.circuits,
+                "timings": self.timings}
 
     def to_json(self, path: str | Path | None = None) -> str:
         """The report as JSON text; also written to ``path`` when given."""
