@@ -77,3 +77,22 @@ def test_verify_rejects_an_unknown_budget(tiny):
 
     with pytest.raises(ValueError, match="unknown attack budget"):
         verify(tiny, comparison().fact, budgets={"relearn_stepz": 3}, progress=False)
+
+
+def test_reports_and_localizations_as_dataframes(tiny):
+    pytest.importorskip("pandas")
+    from excise.locate import direct_logit_attribution
+    from excise.verify import verify
+
+    fact = comparison().fact
+    report = verify(tiny, fact, original=tiny, probes=("logit_lens", "formats"), fluency_tokens=0,
+                    perplexity=False, progress=False)
+    frame = report.to_dataframe()
+    assert list(frame["probe"]) == ["logit_lens", "question", "multiple_choice", "few_shot"]
+    assert set(frame["fact"]) == {"capital-france"} and "rewrite_score.prompt" in frame.columns
+    loc = direct_logit_attribution(tiny, fact)
+    cells = loc.to_dataframe()
+    assert len(cells) == loc.scores.numel() and set(loc.axes) <= set(cells.columns)
+    first = cells.iloc[0]
+    index = tuple(int(first[f"{axis}_index"]) for axis in loc.axes)
+    assert first["score"] == pytest.approx(float(loc.scores[index]))

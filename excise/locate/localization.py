@@ -9,7 +9,7 @@ Every localization names what it is about in the same fixed fields (``prompt``, 
 
 ``top(k)`` turns the scores into addressed components (:mod:`excise.components`) that the editors
 accept; ``edit_layer()`` is the one rule for choosing the MLP layer a rank-one edit rewrites;
-``plot()`` draws it; ``to_json()`` / ``from_json()`` store it.
+``plot()`` draws it; ``to_json()`` / ``from_json()`` store it; ``to_dataframe()`` tabulates it.
 """
 
 from __future__ import annotations
@@ -121,6 +121,26 @@ class Localization:
         from excise.locate.plots import plot_localization
 
         return plot_localization(self)
+
+    def to_dataframe(self):
+        """The scores as a long ``pandas.DataFrame``: one row per cell, a column per axis (its
+        label, e.g. the token string for ``"position"``) plus ``"<axis>_index"`` and ``"score"``.
+        Needs pandas (``pip install 'excise[notebooks]'``)."""
+        from excise._optional import require_pandas
+
+        pd = require_pandas("Localization.to_dataframe")
+        grids = torch.meshgrid(*[torch.arange(n) for n in self.scores.shape], indexing="ij")
+        columns = {}
+        for axis, grid in zip(self.axes, grids):
+            index = grid.flatten().tolist()
+            labels = self.labels.get(axis)
+            columns[axis] = [labels[i] for i in index] if labels else index
+            columns[f"{axis}_index"] = index
+        columns["score"] = self.scores.detach().float().cpu().flatten().tolist()
+        frame = pd.DataFrame(columns)
+        frame.attrs.update(method=self.method, site=self.site, prompt=self.prompt, target=self.target,
+                           fact_id=self.fact_id)
+        return frame
 
     def to_json(self) -> str:
         return json.dumps({

@@ -159,6 +159,28 @@ class Report:
         """The papers' metrics (:mod:`excise.verify.paper_metrics`) averaged over the facts."""
         return mean_metrics([f.metrics for f in self.facts if f.metrics is not None])
 
+    def to_dataframe(self):
+        """One ``pandas.DataFrame`` row per fact x probe: the fact's verdict, summary counts and
+        paper metrics, and the probe's status and reason. Needs pandas
+        (``pip install 'excise[notebooks]'``)."""
+        from excise._optional import require_pandas
+
+        pd = require_pandas("Report.to_dataframe")
+        rows = []
+        for f in self.facts:
+            base = {"fact": f.id, "relation": f.fact.relation, "verdict": f.verdict,
+                    "prompt_forgotten": f.summary.prompt_forgotten}
+            for name in SUMMARY_TALLIES:
+                tally = getattr(f.summary, name)
+                base[name] = tally.hits / tally.total if tally.total else None
+            if f.metrics is not None:
+                base.update({f"{family}.{k}": v for family in ("rewrite_score", "delta_acc", "counterfact")
+                             for k, v in (getattr(f.metrics, family) or {}).items()})
+            for o in f.probes or [None]:
+                rows.append({**base, "probe": o and o.probe, "status": o and o.status,
+                             "reason": o and o.reason})
+        return pd.DataFrame(rows)
+
     def table(self) -> list[dict]:
         """One row per fact: verdict, summary and each probe's status (for printing)."""
         return [{"fact": f.id, "verdict": f.verdict, **f.summary.cells(),
