@@ -96,3 +96,36 @@ def test_reports_and_localizations_as_dataframes(tiny):
     first = cells.iloc[0]
     index = tuple(int(first[f"{axis}_index"]) for axis in loc.axes)
     assert first["score"] == pytest.approx(float(loc.scores[index]))
+
+
+def test_a_report_reloads_from_json_typed_and_whole(tiny, tmp_path):
+    from dataclasses import replace
+
+    from excise.verify import verify
+    from excise.verify.probes.relearn import RelearnReading
+    from excise.verify.report import Report
+
+    facts = [replace(comparison().fact, relation="capital"), Fact(id="capital-spain", subject="Spain", prompt="The capital of {} is",
+                                     target=" Madrid", relation="capital")]
+    report = verify(tiny, facts, original=tiny, probes=("logit_lens", "relearn"), relearn_steps=2,
+                    fluency_tokens=2, perplexity=False, progress=False,
+                    pool=[Fact(id=f"c{i}", subject=s, prompt="The capital of {} is", target=t,
+                               relation="capital") for i, (s, t) in enumerate([("Peru", " Lima"), ("Chile", " Santiago")])])
+    path = tmp_path / "r.json"
+    report.to_json(path)
+    again = Report.from_json(path)
+    assert again.to_dict() == json_roundtrip(report.to_dict())
+    after = again["capital-france"].probe("relearn").after
+    assert isinstance(after, RelearnReading) and type(after.curve).__name__ == "FactCurve"
+    assert again["capital-france"].figure("relearn").layout.title.text  # figures work on it
+    assert Report.from_json(path.read_text()).table() == report.table()
+    with pytest.raises(ValueError, match="not an excise verification report"):
+        Report.from_json('{"model": "x"}')
+
+
+def json_roundtrip(data):
+    import json
+
+    from excise.verify.report import _default
+
+    return json.loads(json.dumps(data, default=_default))

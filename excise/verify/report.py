@@ -147,6 +147,16 @@ class Report:
                 "facts": [f.to_dict() for f in self.facts], "circuits": self.circuits,
                 "timings": self.timings}
 
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> Report:
+        """Read a report back from :meth:`to_json`'s text or file, typed, without recomputing."""
+        from excise.verify.report_io import report_from_dict
+
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).expanduser().read_text(encoding="utf-8")
+        return report_from_dict(json.loads(text))
+
     def to_json(self, path: str | Path | None = None) -> str:
         """The report as JSON text; also written to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=1, default=_default)
