@@ -152,6 +152,7 @@ def test_relearning_is_read_against_its_made_up_subject_control():
 def test_verify_tiny_reverts_edits_and_writes_reports(tiny, tmp_path):
     from excise.comparison import score_groups
     from excise.verify import verify
+    from excise.verify.probes.registry import registry
 
     fact = capital_fact()
     base = score_groups(tiny, [fact])[0]["prompt"]
@@ -164,8 +165,7 @@ def test_verify_tiny_reverts_edits_and_writes_reports(tiny, tmp_path):
     assert fr.scores["prompt"]["before"]["prob"][0] == pytest.approx(float(base.prob[0]), rel=1e-5)
     assert fr.scores["prompt"]["after"]["prob"][0] == pytest.approx(float(after.prob[0]), rel=1e-5)
     assert torch.equal(edit.weight, edit.edited)
-    assert {o.probe for o in fr.probes} == {"logit_lens", "question", "multiple_choice", "few_shot",
-                                            "linear_probe", "relearn"}
+    assert {o.probe for o in fr.probes} == set(registry())
     assert fr.verdict in ("not forgotten", "recoverable", "forgotten")
     assert {"scores", "logit_lens", "relearn", "quality"} <= set(report.timings)
     assert all(seconds >= 0 for seconds in report.timings.values())

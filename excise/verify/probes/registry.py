@@ -14,6 +14,7 @@ from excise.verify.probes.base import RobustnessProbe
 
 CATALOG: dict[str, tuple[str, ...]] = {
     "logit_lens": ("logit_lens",),
+    "lens_extraction": ("lens_extraction",),
     "formats": ("question", "multiple_choice", "few_shot"),
     "relearn": ("relearn",),
     "linear_probe": ("linear_probe",),
