@@ -17,6 +17,7 @@ CATALOG: dict[str, tuple[str, ...]] = {
     "lens_extraction": ("lens_extraction",),
     "formats": ("question", "multiple_choice", "few_shot"),
     "relearn": ("relearn",),
+    "quantization": ("quantization",),
     "linear_probe": ("linear_probe",),
 }
 PROBES = tuple(CATALOG)
