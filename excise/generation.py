@@ -19,13 +19,17 @@ from excise.tokens import encode_prompt, pad_rows
 
 @torch.no_grad()
 def generate(model, prompts: list[str], max_new_tokens: int = 20, sample: bool | list[bool] = False,
-             top_k: int = 5, seed: int = 0) -> list[str]:
+             top_k: int = 5, seed: int = 0, temperature: float | list[float] = 1.0) -> list[str]:
     """Continue each prompt by ``max_new_tokens`` tokens; greedy, or top-k sampling when ``sample``.
 
     ``sample`` may be one flag for all prompts or one per prompt (so greedy and sampled
-    continuations share a batch). Returns the generated text only (prompt excluded).
+    continuations share a batch); so may ``temperature``, which divides the top-k logits before
+    sampling (1.0 samples from the model's own top-k probabilities). Returns the generated text
+    only (prompt excluded).
     """
     flags = torch.tensor(sample if isinstance(sample, list) else [sample] * len(prompts))
+    temps = torch.tensor(temperature if isinstance(temperature, list) else [temperature] * len(prompts),
+                         dtype=torch.float32)[:, None]  # [batch, 1]
     rows = [encode_prompt(model, p) for p in prompts]
     lengths = [len(r) for r in rows]
     tokens, _ = pad_rows(model, rows, width=max(lengths) + max_new_tokens)  # [batch, pos]
@@ -34,7 +38,7 @@ def generate(model, prompts: list[str], max_new_tokens: int = 20, sample: bool |
         logits = model(tokens[:, : max(lengths)])  # [batch, pos, d_vocab]
         last = logits[torch.arange(len(rows)), torch.tensor(lengths) - 1].float().cpu()  # [batch, d_vocab]
         top = last.topk(top_k, dim=-1)  # [batch, top_k]
-        choice = torch.multinomial(top.values.softmax(-1), 1, generator=generator)[:, 0]
+        choice = torch.multinomial((top.values / temps).softmax(-1), 1, generator=generator)[:, 0]
         nxt = torch.where(flags, top.indices[torch.arange(len(rows)), choice], last.argmax(-1))
         for i in range(len(rows)):
             tokens[i, lengths[i]] = nxt[i]
@@ -70,6 +74,68 @@ def sample_texts(model, openings: list[str], length: int, seed: int = 0, batch_s
     finally:
         torch.random.set_rng_state(generator_state)
     return texts
+
+
+def has_hooks(model) -> bool:
+    """Whether a user's forward hook or pre-hook sits on ``model``: any hook on a hook point, or a
+    module hook that is not one of the bridge's own wiring (then only :func:`generate`, through the
+    bridge, computes what the model currently does)."""
+    from transformer_lens.hook_points import HookPoint
+
+    for module in model.modules():
+        hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
+        if hooks and (isinstance(module, HookPoint) or any(
+                not getattr(h, "__module__", "").startswith("transformer_lens.model_bridge") for h in hooks)):
+            return True
+    return False
+
+
+@torch.no_grad()
+def sample_continuations(model, prompts: list[str], max_new_tokens: int, temperature: list[float],
+                         top_k: int = 50, seed: int = 0, batch_size: int = 64) -> list[str]:
+    """Top-k sampled continuations of ``prompts`` (chat-framed or raw, BOS prepended as in
+    :func:`generate`) at each prompt's ``temperature``; the generated text only.
+
+    With no hook on ``model`` (:func:`has_hooks`) this samples from a plain Hugging Face copy of
+    the current weights with a KV cache (many times faster on long continuations); otherwise it
+    falls back to :func:`generate` through the bridge. The two draw different random numbers, so
+    the same seed gives other samples from the same distribution. The global random state is
+    restored afterwards.
+    """
+    if has_hooks(model):
+        return generate(model, prompts, max_new_tokens, sample=True, top_k=top_k, seed=seed,
+                        temperature=list(temperature))
+    from excise.export import plain_hf_model
+
+    plain = plain_hf_model(model)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    out = [""] * len(prompts)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        by_temperature: dict[float, list[int]] = {}
+        for i, t in enumerate(temperature):
+            by_temperature.setdefault(float(t), []).append(i)
+        for t, rows in by_temperature.items():
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start:start + batch_size]
+                encoded = [encode_prompt(model, prompts[i]) for i in chunk]
+                width = max(len(e) for e in encoded)
+                tokens = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(tokens)
+                for j, e in enumerate(encoded):
+                    tokens[j, width - len(e):] = torch.as_tensor(e)
+                    mask[j, width - len(e):] = 1
+                device = next(plain.parameters()).device
+                generated = plain.generate(
+                    tokens.to(device), attention_mask=mask.to(device), do_sample=True, top_k=top_k,
+                    temperature=t, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                    pad_token_id=pad)
+                for j, i in enumerate(chunk):
+                    out[i] = model.tokenizer.decode(generated[j, width:].tolist())
+    finally:
+        torch.random.set_rng_state(state)
+    return out
 
 
 def _left_pad_mask(model, texts, tokens) -> torch.Tensor:

@@ -16,6 +16,8 @@ CATALOG: dict[str, tuple[str, ...]] = {
     "logit_lens": ("logit_lens",),
     "lens_extraction": ("lens_extraction",),
     "formats": ("question", "multiple_choice", "few_shot"),
+    "rephrase": ("rephrase",),
+    "generation": ("generation",),
     "relearn": ("relearn",),
     "quantization": ("quantization",),
     "linear_probe": ("linear_probe",),
