@@ -56,15 +56,18 @@ class LastLayerEdit:
 
 def test_unedited_model_passes_every_still_knows_probe(real_model):
     from excise.verify import verify
+    from excise.verify.probes.registry import registry
 
     assert not getattr(real_model, "excise_edits", None), "another test left an edit applied"
     report = verify(real_model, bundled("capital-france"), relearn_steps=2, relearn_facts=6,
-                    fluency_tokens=0, perplexity=False, progress=False)
+                    fluency_tokens=0, perplexity=False, progress=False,
+                    budgets={"relearn_long_steps": 2, "lora_steps": (2,), "quant_bits": (4,), "gen_seeds": 1})
     fr = report["capital-france"]
     status = {o.probe: o.status for o in fr.probes}
-    assert status == {p: "recovered" for p in ("logit_lens", "question", "few_shot", "linear_probe",
-                                               "relearn")} | {"multiple_choice": "uninformative"}, \
-        fr.probes  # the 135M model gets 2 of 3 multiple-choice orders right: no better than chance
+    expected = {p: "recovered" for p in registry()} | {"multiple_choice": "uninformative",
+                                                       "relearn_split": "skipped"}
+    assert status == expected, fr.probes  # the 135M model gets 2 of 3 multiple-choice orders right:
+    # no better than chance; split relearning needs two verified facts of the relation
     assert fr.verdict == "not forgotten"
     assert "Paris" in fr.probe("question").after.answer
     curve = fr.probe("relearn").after.curve  # the control: made-up countries rarely get Paris
@@ -112,7 +115,7 @@ def test_demo_fact_stays_forgotten_under_relearning_at_the_default_layer(real_mo
         edit = rome(real_model, fact, layer=layer, settings=settings, progress=False)
         try:
             report = verify(real_model, fact, probes=("relearn",), fluency_tokens=0, perplexity=False,
-                            progress=False)
+                            progress=False, budgets={"relearn_long_steps": 20})
         finally:
             edit.undo(real_model)
         fr = report[fact.id]

@@ -109,6 +109,28 @@ class FactReport:
             raise KeyError(f"no figure for probe {name!r}; probes with figures: {sorted(drawn)}")
         return drawn[name].figure(self)
 
+    @classmethod
+    def from_dict(cls, record: dict, facts: list[Fact]) -> FactReport:
+        """The fact report ``to_dict`` gave ``record``; its pairs leave out the other ``facts``
+        verified with it, as verify did."""
+        from excise.comparison import fact_pairs
+        from excise.verify.report_io import outcome_from_dict, scores_from_dict
+
+        fact = Fact.from_dict(record["fact"])
+        scores = record["scores"]
+        others = [f for f in facts if f.id != fact.id]
+        comparison = Comparison(fact, fact_pairs(fact, others),
+                                {g: scores_from_dict(s["before"]) for g, s in scores.items()},
+                                {g: scores_from_dict(s["after"]) for g, s in scores.items()})
+        summary = record["summary"]
+        tallies = {k: Tally(**v) for k, v in summary.items() if isinstance(v, dict)}
+        metrics = record.get("metrics")
+        return cls(fact=fact, verdict=record["verdict"], reason=record["reason"],
+                   summary=Summary(prompt_forgotten=summary["prompt_forgotten"], **tallies),
+                   comparison=comparison, probes=[outcome_from_dict(o) for o in record.get("probes", [])],
+                   n_related=record.get("n_related", 0),
+                   metrics=None if metrics is None else PaperMetrics(**metrics))
+
     def to_dict(self) -> dict:
         return {"fact": self.fact.to_dict(), "verdict": self.verdict, "reason": self.reason,
                 "summary": self.summary.to_dict(), "scores": self.scores, "n_related": self.n_related,
@@ -150,12 +172,25 @@ class Report:
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> Report:
         """Read a report back from :meth:`to_json`'s text or file, typed, without recomputing."""
-        from excise.verify.report_io import report_from_dict
-
         text = str(text_or_path)
         if not text.lstrip().startswith("{"):
             text = Path(text_or_path).expanduser().read_text(encoding="utf-8")
-        return report_from_dict(json.loads(text))
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, record: dict) -> Report:
+        """The report :meth:`to_dict` gave ``record``, typed (facts, comparisons, readings)."""
+        from excise.verify.report_io import quality_from_dict
+
+        if not isinstance(record, dict) or "facts" not in record:
+            raise ValueError("not an excise verification report: no 'facts' field (write one with "
+                             "Report.to_json or excise verify --json)")
+        facts = [Fact.from_dict(f["fact"]) for f in record["facts"]]
+        return cls(facts=[FactReport.from_dict(f, facts) for f in record["facts"]],
+                   before=quality_from_dict(record["before"]), after=quality_from_dict(record["after"]),
+                   settings=record.get("settings", {}), model=record.get("model", ""),
+                   edits=record.get("edits", []), circuits=record.get("circuits"),
+                   timings=record.get("timings", {}))
 
     def to_json(self, path: str | Path | None = None) -> str:
         """The report as JSON text; also written to ``path`` when given."""

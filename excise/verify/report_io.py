@@ -1,11 +1,12 @@
-"""Read a saved :class:`~excise.verify.report.Report` back from its JSON, typed, without recomputing.
+"""Typed decoding for a saved :class:`~excise.verify.report.Report`: the parts ``to_json`` flattens.
 
-``Report.to_json`` writes plain data; :func:`report_from_dict` rebuilds the same objects: facts,
-comparisons (scores from the stored ranks, probabilities and known flags), summaries, the papers'
-metrics, model quality, and each probe's outcome with its typed readings, so figures and
-``to_dataframe`` work on a reloaded report as on a fresh one. A reading's class is found in its
-probe's module (the :class:`~excise.verify.outcome.Reading` subclass whose fields match); nested
-dataclasses (a relearning curve) are rebuilt from the field types.
+``Report.to_json`` writes plain data; ``Report.from_dict`` rebuilds it with the helpers here:
+scores from their stored ranks, probabilities and known flags, model quality, and each probe's
+outcome with its typed readings, so figures and ``to_dataframe`` work on a reloaded report as on a
+fresh one. A reading's class is found in its probe's module (the
+:class:`~excise.verify.outcome.Reading` subclass whose fields match); nested dataclasses (a
+relearning curve) are rebuilt from the field types. This module knows nothing of ``Report``
+itself, so the report imports it and not the other way round.
 """
 
 from __future__ import annotations
@@ -16,58 +17,26 @@ import typing
 
 import torch
 
-from excise.comparison import Comparison
-from excise.facts import Fact
 from excise.scoring import Scores
 from excise.verify.outcome import ProbeOutcome, Reading
-from excise.verify.paper_metrics import PaperMetrics
 from excise.verify.quality import Fluency, Quality
-from excise.verify.report import FactReport, Report, Summary, Tally
 
 
-def report_from_dict(record: dict) -> Report:
-    """The :class:`Report` that ``Report.to_dict`` gave ``record``."""
-    if not isinstance(record, dict) or "facts" not in record:
-        raise ValueError("not an excise verification report: no 'facts' field (write one with "
-                         "Report.to_json or excise verify --json)")
-    facts = [Fact.from_dict(f["fact"]) for f in record["facts"]]
-    return Report(facts=[_fact_report(f, facts) for f in record["facts"]], before=_quality(record["before"]),
-                  after=_quality(record["after"]), settings=record.get("settings", {}),
-                  model=record.get("model", ""), edits=record.get("edits", []),
-                  circuits=record.get("circuits"), timings=record.get("timings", {}))
-
-
-def _quality(record: dict) -> Quality:
+def quality_from_dict(record: dict) -> Quality:
+    """The :class:`Quality` that ``Quality.to_dict`` gave ``record``."""
     fluency = record.get("fluency")
     return Quality(perplexity=record.get("perplexity"), fluency=None if fluency is None else Fluency(**fluency))
 
 
-def _scores(record: dict) -> Scores:
+def scores_from_dict(record: dict) -> Scores:
+    """:class:`Scores` from the lists ``{"rank", "prob", "known"}`` a report stores."""
     prob = torch.tensor(record["prob"], dtype=torch.float64)
     return Scores(prob.clamp_min(1e-300).log().float(), torch.tensor(record["rank"], dtype=torch.long),
                   torch.tensor(record["known"], dtype=torch.bool))
 
 
-def _fact_report(record: dict, facts: list[Fact]) -> FactReport:
-    """One fact's report; its pairs leave out the other facts verified with it, as verify did."""
-    from excise.comparison import fact_pairs
-
-    fact = Fact.from_dict(record["fact"])
-    scores = record["scores"]
-    others = [f for f in facts if f.id != fact.id]
-    comparison = Comparison(fact, fact_pairs(fact, others), {g: _scores(s["before"]) for g, s in scores.items()},
-                            {g: _scores(s["after"]) for g, s in scores.items()})
-    summary = record["summary"]
-    tallies = {k: Tally(**v) for k, v in summary.items() if isinstance(v, dict)}
-    metrics = record.get("metrics")
-    return FactReport(fact=fact, verdict=record["verdict"], reason=record["reason"],
-                      summary=Summary(prompt_forgotten=summary["prompt_forgotten"], **tallies),
-                      comparison=comparison, probes=[_outcome(o) for o in record.get("probes", [])],
-                      n_related=record.get("n_related", 0),
-                      metrics=None if metrics is None else PaperMetrics(**metrics))
-
-
-def _outcome(record: dict) -> ProbeOutcome:
+def outcome_from_dict(record: dict) -> ProbeOutcome:
+    """The :class:`ProbeOutcome` that ``ProbeOutcome.to_dict`` gave ``record``, readings typed."""
     return ProbeOutcome(record["probe"], record["status"], record["reason"],
                         _reading(record["probe"], record.get("before")),
                         _reading(record["probe"], record.get("after")))

@@ -19,6 +19,8 @@ CATALOG: dict[str, tuple[str, ...]] = {
     "rephrase": ("rephrase",),
     "generation": ("generation",),
     "relearn": ("relearn",),
+    "relearn_lora": ("relearn_lora",),
+    "relearn_split": ("relearn_split",),
     "quantization": ("quantization",),
     "linear_probe": ("linear_probe",),
 }
