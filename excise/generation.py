@@ -76,16 +76,21 @@ def sample_texts(model, openings: list[str], length: int, seed: int = 0, batch_s
     return texts
 
 
+_OWN_HOOKS = ("transformer_lens.model_bridge", "transformers.utils.output_capturing")
+"""Modules whose hooks are wiring, not edits: they leave the forward computation unchanged."""
+
+
 def has_hooks(model) -> bool:
     """Whether a user's forward hook or pre-hook sits on ``model``: any hook on a hook point, or a
-    module hook that is not one of the bridge's own wiring (then only :func:`generate`, through the
-    bridge, computes what the model currently does)."""
+    module hook that is neither the bridge's own wiring nor the output capturing Hugging Face
+    installs on its layers (then only :func:`generate`, through the bridge, computes what the model
+    currently does)."""
     from transformer_lens.hook_points import HookPoint
 
     for module in model.modules():
         hooks = [*module._forward_hooks.values(), *module._forward_pre_hooks.values()]
         if hooks and (isinstance(module, HookPoint) or any(
-                not getattr(h, "__module__", "").startswith("transformer_lens.model_bridge") for h in hooks)):
+                not getattr(h, "__module__", "").startswith(_OWN_HOOKS) for h in hooks)):
             return True
     return False
 

@@ -122,6 +122,13 @@ def test_cached_sampling_matches_the_bridge_and_falls_back_under_hooks(tiny):
         hooked = sample_continuations(tiny, prompts, 6, [1e-4, 1e-4], seed=1)
         assert hooked == generate(tiny, prompts, 6) != greedy
     assert not has_hooks(tiny)
+    # the output capturing Hugging Face installs on its layers on first use changes nothing
+    from transformers.utils.output_capturing import maybe_install_capturing_hooks
+
+    from excise.export import _hf_model
+
+    maybe_install_capturing_hooks(_hf_model(tiny))
+    assert any(m._forward_hooks for m in tiny.modules()) and not has_hooks(tiny)
 
 
 def test_generate_temperature_default_is_unchanged_and_cold_is_greedy(tiny):
