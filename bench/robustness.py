@@ -1,18 +1,23 @@
-"""How robust is each editor's forgetting? Share of facts each verify probe still recovers.
+"""How robust is each editor's forgetting? Share of forgotten facts each verify probe or attack recovers.
 
-    python bench/robustness.py --limit 6 [--relearn-steps 20] [--relearn-facts 16] [--split tune]
-        [--editors rome,rome-previous] [--probes relearn,logit_lens]
+    python bench/robustness.py --limit 8 [--split tune] [--editors rome,memit]
+        [--probes relearn,quantization] [--budget relearn_steps=10] [--split-groups 4]
 
-For every editor (``rome``: the default rank-one edit at the lookup layer; ``rome-previous``: the
-rank-one edit before issue 14 as this bench ran it (layer 4, former value settings), and
-``rome-previous(trace layer)`` as ``excise forget`` ran it (at the layer its MLP causal trace
-chooses); zero-ablation of the top-20 attributed neurons; gradient ascent on all weights) and
-every fact (known facts of one part of the fixed split, round-robin over the relations), the fact
-is edited, :func:`excise.verify.verify` runs its robustness probes, and the edit is undone.
-The table prints, per editor, the share of facts forgotten on the prompt and, for each probe, the
-share of *forgotten* facts that the probe still recovers (among facts where the probe was
-informative, i.e. found the answer before the edit). Lower is more robust. The closing note names
-the editor with the lowest mean recovery and its margin over the next one.
+For every editor (``rome``: the default rank-one edit at the lookup layer; ``memit`` on the one
+fact; zero-ablation of the top-20 attributed neurons; gradient ascent on all weights; and, on
+request, ``rome-previous`` / ``rome-previous(trace layer)``: the rank-one edit before issue 14 at
+layer 4 / at its MLP causal trace's peak) and every fact (known facts of one part of the fixed
+split, round-robin over the relations), the fact is edited, :func:`excise.verify.verify` runs the
+probes, and the edit is undone.
+
+The table prints, per editor, the share of facts forgotten on the prompt and, per probe, the share
+of *forgotten* facts it recovers among those where it was informative (it found the answer before
+the edit and its made-up-subject control did not explain the return). Attacks with several budgets
+get a column per budget: candidate-set sizes B (logit-lens extraction, rephrasing), bit widths
+(quantization), step counts (relearning, LoRA relearning). ``--split-groups N`` adds split
+relearning: groups of N facts of one relation are edited one after another, and each half is
+attacked by fine-tuning on the other half. The time of each verification step is printed as a
+share of the whole. Lower recovery is more robust.
 """
 
 from __future__ import annotations
@@ -23,98 +28,190 @@ import time
 from collections import defaultdict
 
 from excise.check import known_facts
-from excise.edit import ablate, finetune, rome
+from excise.edit import ablate, finetune, memit, rome
 from excise.edit.value import ESSENCE_TEMPLATES, ValueSettings
 from excise.facts import load_facts
 from excise.locate import attributed_neurons, causal_trace
 from excise.model import load_model
 from excise.verify import verify
-
-PROBES = ("logit_lens", "question", "multiple_choice", "few_shot", "linear_probe", "relearn")
+from excise.verify.control import control_explains
+from excise.verify.outcome import returns
+from excise.verify.probes.registry import PROBES
 
 PREVIOUS = ValueSettings(subject_probes=False, essence_templates=ESSENCE_TEMPLATES)
 
 EDITORS = {
     "rome": lambda m, f: rome(m, f, progress=False),
-    "rome-previous": lambda m, f: rome(m, f, layer=4, settings=PREVIOUS, progress=False),
-    "rome-previous(trace layer)": lambda m, f: rome(
-        m, f, layer=causal_trace(m, f, site="mlp", samples=5, progress=False), settings=PREVIOUS, progress=False),
+    "memit": lambda m, f: memit(m, [f], progress=False),
     "ablate-zero(top20 neurons)": lambda m, f: ablate(m, attributed_neurons(m, f, layers=range(12)),
                                                       how="zero", fact_ids=[f.id], progress=False),
     "finetune-ga(all)": lambda m, f: finetune(m, [f], "gradient_ascent", progress=False),
+    "rome-previous": lambda m, f: rome(m, f, layer=4, settings=PREVIOUS, progress=False),
+    "rome-previous(trace layer)": lambda m, f: rome(
+        m, f, layer=causal_trace(m, f, site="mlp", samples=5, progress=False), settings=PREVIOUS, progress=False),
 }
+DEFAULT_EDITORS = "rome,memit,ablate-zero(top20 neurons),finetune-ga(all)"
 
 
-def run(model, facts, args) -> dict[str, list]:
-    rows = defaultdict(list)
-    for name, editor in EDITORS.items():
-        if args.editors != "all" and name not in args.editors.split(","):
-            continue
+def _found(rank: int, prob: float) -> bool:
+    return rank == 0 or prob >= 0.05
+
+
+def _budget_columns(o) -> dict[str, tuple[bool, bool]]:
+    """Per budget of an attack, ``(informative, recovered)`` read from its readings."""
+    before, after = o.before, o.after
+    if after is None:
+        return {}
+    if o.probe == "lens_extraction":
+        return {f"B={b}": (before.found("head", b) or before.found("delta", b),
+                           after.found("head", b) or after.found("delta", b))
+                for b in after.budgets}
+    if o.probe == "rephrase":
+        return {f"B={b}": (bool(before.hits[j]), bool(after.hits[j])) for j, b in enumerate(after.candidates)}
+    if o.probe == "quantization":
+        from excise.verify.probes.quantization import bit_status
+
+        statuses = [bit_status(before, after, j) for j in range(len(after.bits))]
+        return {f"{b}-bit": (s in ("recovered", "forgotten"), s == "recovered")
+                for b, s in zip(after.bits, statuses)}
+    if o.probe.startswith("relearn") and getattr(after, "budgets", None):
+        known = _found(before.rank, before.prob)
+        return {f"{b.steps} steps": (known, returns(before.rank, before.prob, b.rank, b.prob)
+                                     and not control_explains(b.prob, b.control_prob))
+                for b in after.budgets}
+    return {}
+
+
+def run(model, facts, args, budgets) -> tuple[dict[str, list], dict[str, dict[str, float]]]:
+    rows, timings = defaultdict(list), defaultdict(lambda: defaultdict(float))
+    probes = [p for p in args.probes.split(",") if p != "relearn_split"]
+    for name in args.editors.split(","):
+        editor = EDITORS[name]
         for fact in facts:
             start = time.perf_counter()
             edit = editor(model, fact)
             try:
-                report = verify(model, fact, probes=args.probes.split(","), relearn_steps=args.relearn_steps,
-                                relearn_facts=args.relearn_facts, fluency_tokens=0, perplexity=False,
-                                progress=False)
+                report = verify(model, fact, probes=probes, fluency_tokens=0, perplexity=False,
+                                progress=False, budgets=budgets)
             finally:
                 edit.undo(model)
+            for step, seconds in report.timings.items():
+                timings[name][step] += seconds
             fr = report.facts[0]
             rows[name].append(fr)
             print(f"  {name:28s} {fact.id:32s} {fr.verdict:14s} {time.perf_counter() - start:6.0f}s "
                   + " ".join(f"{o.probe}={o.status}" for o in fr.probes), flush=True)
+    return rows, timings
+
+
+def run_split(model, facts, args, budgets) -> dict[str, list]:
+    """Split relearning: groups of ``args.split_groups`` facts of one relation, edited in turn."""
+    by_relation = defaultdict(list)
+    for fact in facts:
+        by_relation[fact.relation].append(fact)
+    groups = [g[i:i + args.split_groups] for g in by_relation.values()
+              for i in range(0, len(g) - args.split_groups + 1, args.split_groups)]
+    rows = defaultdict(list)
+    for name in args.editors.split(","):
+        for group in groups:
+            edits = []
+            try:
+                for fact in group:
+                    edits.append(EDITORS[name](model, fact))
+                report = verify(model, group, probes=["relearn_split"], fluency_tokens=0,
+                                perplexity=False, progress=False, budgets=budgets)
+            finally:
+                for edit in reversed(edits):
+                    edit.undo(model)
+            rows[name].extend(report.facts)
+            print(f"  {name:28s} split group {', '.join(f.id for f in group)}: "
+                  + " ".join(f"{f.probe('relearn_split').status}" for f in report.facts), flush=True)
     return rows
 
 
-def summarize(rows, args) -> dict[str, dict]:
-    table = {}
+def summarize(rows) -> tuple[dict[str, dict], list[str]]:
+    table, columns = {}, []
     for name, reports in rows.items():
         gone = [r for r in reports if r.summary.prompt_forgotten]
         entry = {"forgotten": f"{len(gone)}/{len(reports)}"}
+        cells = defaultdict(list)
+        for r in gone:
+            for o in r.probes:
+                if o.status in ("recovered", "forgotten"):
+                    cells[o.probe].append(o.status == "recovered")
+                elif o.probe not in cells:
+                    cells[o.probe] = []
+                for budget, (informative, back) in _budget_columns(o).items():
+                    if informative:
+                        cells[f"{o.probe} {budget}"].append(back)
+                    else:
+                        cells.setdefault(f"{o.probe} {budget}", [])
         shares = []
-        for probe in args.probes.split(","):
-            statuses = [o.status for r in gone for o in r.probes if o.probe == probe]
-            informative = [s for s in statuses if s in ("recovered", "forgotten")]
-            if informative:
-                share = sum(s == "recovered" for s in informative) / len(informative)
-                shares.append(share)
-                entry[probe] = f"{share:.0%} ({len(informative)})"
+        for column, values in cells.items():
+            if column not in columns:
+                columns.append(column)
+            if values:
+                share = sum(values) / len(values)
+                entry[column] = f"{share:.0%} ({len(values)})"
+                if " " not in column:
+                    shares.append(share)
             else:
-                entry[probe] = "n/a"
+                entry[column] = "n/a"
         entry["mean"] = sum(shares) / len(shares) if shares else float("nan")
         table[name] = entry
-    return table
+    return table, columns
+
+
+def print_table(table: dict[str, dict], columns: list[str]) -> None:
+    header = ["editor", "forgotten", *columns, "mean recovered (status columns)"]
+    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for name, e in table.items():
+        print(f"| {name} | {e['forgotten']} | " + " | ".join(e.get(c, "n/a") for c in columns)
+              + f" | {e['mean']:.0%} |")
+
+
+def print_timings(timings: dict[str, dict[str, float]], n_facts: int) -> None:
+    print("\nVerification time per fact (both states; edits excluded), and each step's share:")
+    for name, steps in timings.items():
+        total = sum(steps.values())
+        parts = ", ".join(f"{step} {100 * s / total:.0f}%" for step, s in
+                          sorted(steps.items(), key=lambda kv: -kv[1]))
+        print(f"  {name}: {total / n_facts:.1f} s/fact: {parts}")
 
 
 def main() -> None:
+    from excise.commands._args import parse_budgets
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--limit", type=int, default=6, help="facts per editor")
-    parser.add_argument("--relearn-steps", type=int, default=20, help="verify's default budget")
-    parser.add_argument("--relearn-facts", type=int, default=16)
+    parser.add_argument("--limit", type=int, default=8, help="facts per editor")
     parser.add_argument("--split", default="tune", choices=("tune", "held_out"))
-    parser.add_argument("--editors", default="all", help=f"comma-separated, of: {', '.join(EDITORS)}")
-    parser.add_argument("--probes", default=",".join(PROBES), help="comma-separated verify probes")
+    parser.add_argument("--editors", default=DEFAULT_EDITORS, help=f"comma-separated, of: {', '.join(EDITORS)}")
+    parser.add_argument("--probes", default=",".join(p for p in PROBES if p != "relearn_split"),
+                        help="comma-separated verify probes")
+    parser.add_argument("--budget", action="append", default=[], metavar="NAME=VALUE",
+                        help="an attack budget (excise.verify.probes.base.Setup field), repeatable")
+    parser.add_argument("--split-groups", type=int, default=0,
+                        help="also run split relearning on groups of this many facts of a relation")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    unknown = set(args.editors.split(",")) - set(EDITORS)
+    if unknown:
+        parser.error(f"unknown editor(s) {sorted(unknown)}; choose from {', '.join(EDITORS)}")
+    budgets = parse_budgets(args)
     model = load_model(device="cpu")
     facts = known_facts(model, load_facts("all", split=args.split), args.limit)
     print(f"robustness of forgetting on {len(facts)} {args.split} facts ({', '.join(f.id for f in facts)}); "
-          f"relearning: {args.relearn_steps} steps on {args.relearn_facts} facts")
-    table = summarize(run(model, facts, args), args)
-    probes = args.probes.split(",")
-    header = ["editor", "forgotten", *probes, "mean recovered"]
-    print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
-    for name, e in table.items():
-        print(f"| {name} | {e['forgotten']} | " + " | ".join(e[p] for p in probes)
-              + f" | {e['mean']:.0%} |")
-    ranked = sorted((e["mean"], name) for name, e in table.items() if e["mean"] == e["mean"])
-    if len(ranked) >= 2:
-        (best, name), (second, other) = ranked[0], ranked[1]
-        print(f"\nMost robust: {name}: probes recover {best:.0%} of its forgotten facts on average, "
-              f"{(second - best) * 100:.0f} points fewer than {other} ({second:.0%}). "
-              "Cells: share of forgotten facts the probe recovers (n informative facts).")
-    elif ranked:
-        print(f"\nOnly {ranked[0][1]} forgot any fact; no comparison possible.")
+          f"budgets: {budgets or 'verify defaults'}")
+    rows, timings = run(model, facts, args, budgets)
+    table, columns = summarize(rows)
+    print_table(table, columns)
+    print("Cells: share of forgotten facts the probe recovers (n informative facts).")
+    print_timings(timings, len(facts))
+    if args.split_groups:
+        pool = known_facts(model, load_facts("all", split=args.split), args.limit * 4)
+        split_table, split_columns = summarize(run_split(model, pool, args, budgets))
+        print("\nSplit relearning (groups of facts of one relation, edited in turn):")
+        print_table(split_table, split_columns)
 
 
 if __name__ == "__main__":
