@@ -230,6 +230,12 @@ def measure(model, facts, setup) -> list[RelearnReading | Skipped]:
                        record_every=max(1, steps // 10), progress=setup.progress,
                        budgets=budgets)
 
+    return attack_groups(model, facts, setup, run, budgets, setup.relearn_steps)
+
+
+def attack_groups(model, facts, setup, run, budgets, judged_steps) -> list[RelearnReading | Skipped]:
+    """``run`` once per group of facts sharing their training data; each fact's reading judged at
+    ``judged_steps`` (a fact with no training data is skipped)."""
     related, groups = related_groups(setup)
     out: dict[int, RelearnReading | Skipped] = {}
     for members in groups:
@@ -237,7 +243,7 @@ def measure(model, facts, setup) -> list[RelearnReading | Skipped]:
         if not train:
             out.update({i: Skipped(NO_DATA) for i in members})
             continue
-        out.update(watched(model, facts, members, train, run, budgets, setup.relearn_steps))
+        out.update(watched(model, facts, members, train, run, budgets, judged_steps))
     return [out[i] for i in range(len(facts))]
 
 

@@ -33,15 +33,13 @@ import torch
 from excise.verify.outcome import ProbeOutcome, Scored
 from excise.verify.probes.base import RobustnessProbe, Skipped
 from excise.verify.probes.relearn import (
-    NO_DATA,
     Curve,
     RelearnReading,
+    attack_groups,
     curve_figure,
     judge_relearn,
     record_steps,
-    related_groups,
     train_and_watch,
-    watched,
 )
 
 log = logging.getLogger(__name__)
@@ -153,15 +151,7 @@ def measure(model, facts, setup) -> list[RelearnReading | Skipped]:
         return relearn_lora(model, train, watch, steps=budgets[-1], lr=setup.lora_lr,
                             rank=setup.lora_rank, budgets=budgets, progress=setup.progress)
 
-    related, groups = related_groups(setup)
-    out: dict[int, RelearnReading | Skipped] = {}
-    for members in groups:
-        train = related[members[0]]
-        if not train:
-            out.update({i: Skipped(NO_DATA) for i in members})
-            continue
-        out.update(watched(model, facts, members, train, run, budgets, budgets[-1]))
-    return [out[i] for i in range(len(facts))]
+    return attack_groups(model, facts, setup, run, budgets, budgets[-1])
 
 
 def judge(before, after: RelearnReading, comparison) -> ProbeOutcome:
