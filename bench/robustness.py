@@ -35,7 +35,7 @@ from excise.locate import attributed_neurons, causal_trace
 from excise.model import load_model
 from excise.verify import verify
 from excise.verify.control import control_explains
-from excise.verify.outcome import returns
+from excise.verify.outcome import found, returns
 from excise.verify.probes.registry import PROBES
 
 PREVIOUS = ValueSettings(subject_probes=False, essence_templates=ESSENCE_TEMPLATES)
@@ -51,10 +51,6 @@ EDITORS = {
         m, f, layer=causal_trace(m, f, site="mlp", samples=5, progress=False), settings=PREVIOUS, progress=False),
 }
 DEFAULT_EDITORS = "rome,memit,ablate-zero(top20 neurons),finetune-ga(all)"
-
-
-def _found(rank: int, prob: float) -> bool:
-    return rank == 0 or prob >= 0.05
 
 
 def _budget_columns(o) -> dict[str, tuple[bool, bool]]:
@@ -75,7 +71,7 @@ def _budget_columns(o) -> dict[str, tuple[bool, bool]]:
         return {f"{b}-bit": (s in ("recovered", "forgotten"), s == "recovered")
                 for b, s in zip(after.bits, statuses)}
     if o.probe.startswith("relearn") and getattr(after, "budgets", None):
-        known = _found(before.rank, before.prob)
+        known = found(before.rank, before.prob)
         return {f"{b.steps} steps": (known, returns(before.rank, before.prob, b.rank, b.prob)
                                      and not control_explains(b.prob, b.control_prob))
                 for b in after.budgets}

@@ -81,9 +81,15 @@ def returns(before_rank: int, before_prob: float, after_rank: int, after_prob: f
     return not bool(forgotten(one(before_rank, before_prob), one(after_rank, after_prob))[0])
 
 
+def found(rank: int, prob: float) -> bool:
+    """Whether a scored reading finds the answer (top-ranked, or p >= 0.05): a probe that does not
+    find it before the edit says nothing about the edit."""
+    return rank == 0 or prob >= 0.05
+
+
 def judge_scored(probe: str, before: Scored, after: Scored, what: str) -> ProbeOutcome:
     """Outcome of a probe with ``rank``/``prob`` readings (``what`` names them in the reason)."""
-    if before.rank != 0 and before.prob < 0.05:
+    if not found(before.rank, before.prob):
         return ProbeOutcome(probe, "uninformative", f"{what}: the answer was not found before the edit "
                             f"(rank {before.rank}, p={before.prob:.3f})", before, after)
     back = returns(before.rank, before.prob, after.rank, after.prob)

@@ -258,7 +258,7 @@ def judge_relearn(before: Scored, after: RelearnReading, what: str, probe: str =
     states the result at every other budget in ``after.budgets`` (not part of the status).
     """
     curve = after.curve
-    k = -1 if after.judged_steps is None else curve.steps.index(after.judged_steps)
+    k = curve.steps.index(_judged_steps(after))
     control = curve.control_prob
     what = f"{what}; made-up subjects: p={control[0]:.3f} -> {control[k]:.3f}"
     judged = judge_scored(probe, before, after, what)
