@@ -175,6 +175,29 @@ def test_finetune_restricted_to_components(tiny, objective):
     edit.undo(tiny)
 
 
+
+@pytest.mark.parametrize("tiny", ["gpt2"], indirect=True)
+def test_finetune_interrupted_mid_training_leaves_the_weights_untouched(tiny, monkeypatch):
+    """An error after some optimiser steps (here the third step's check) restores every
+    parameter bit for bit: a cancelled or failed baseline never leaves the model half trained."""
+    import excise.edit.baselines as baselines
+
+    original = {n: p.detach().clone() for n, p in tiny.original_model.named_parameters()}
+    calls = {"n": 0}
+
+    def failing_check(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return False
+
+    monkeypatch.setattr(baselines, "_forgotten", failing_check)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny, [FACT], params=[MLP(1)], steps=5, lr=1e-1, n_prefixes=1, progress=False)
+    assert calls["n"] == 3
+    for name, param in tiny.original_model.named_parameters():
+        assert torch.equal(param, original[name]), name
+
 def test_memit_batch_touches_only_given_layers(tiny):
     other = Fact(id="capital-germany", subject="Germany", prompt="The capital of {} is", target=" Berlin")
     base = weights_hash(tiny)

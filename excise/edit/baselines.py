@@ -90,10 +90,10 @@ def finetune(model, facts, objective: str = "gradient_ascent", params=None, *, s
             loss.backward()
             optimizer.step()
         new_weights = {n: live[n].detach().clone() for n in names}
+    finally:  # an interrupted run (an error, Ctrl-C) must not leave the model half trained
         with torch.no_grad():
             for n in names:
                 live[n].copy_(originals[n])
-    finally:
         for n, p in live.items():
             p.requires_grad_(flags[n])
     info = {"steps": len(history), "goal_met": bool(done), "trained_parameters": len(names),
