@@ -35,6 +35,7 @@ _EXPORTS = {
     "memit": "excise.edit.batch",
     "ablate": "excise.edit.ablation",
     "run_demo": "excise.commands.workflows",
+    "explore": "excise.commands.explore",
 }
 _SUBMODULES = ("locate", "edit", "verify")
 """``excise.verify`` is the verify stage and, called, :func:`excise.verify.verify`."""

@@ -3,6 +3,7 @@
 from excise import edit as edit
 from excise import locate as locate
 from excise import verify as verify
+from excise.commands.explore import explore as explore
 from excise.commands.workflows import run_demo as run_demo
 from excise.comparison import Comparison as Comparison
 from excise.comparison import compare as compare
