@@ -12,6 +12,8 @@ Every locator returns a :class:`Localization`, whose ``.top(k)`` gives the addre
 * :func:`direct_logit_attribution` - each head's / neuron's direct effect on the target logit.
 * :func:`gradient_attribution` - activation x gradient of every neuron at the subject's last token
   and the answer position; :func:`attributed_neurons` takes its top ``k`` (ablation's default).
+* :func:`compare` - several localizations side by side in one figure, sharing a colour scale where
+  their scores share a unit.
 
 All speak one site vocabulary (:data:`excise.hooks.SITES`: resid, attn, mlp, head, neuron).
 ``Localization.edit_layer()`` is the one rule for the MLP layer a rank-one edit rewrites.
@@ -31,6 +33,7 @@ _EXPORTS = {
     "direct_logit_attribution": "excise.locate.dla",
     "gradient_attribution": "excise.locate.neurons",
     "attributed_neurons": "excise.locate.neurons",
+    "compare": "excise.locate.side_by_side",
 }
 
 __all__ = sorted(_EXPORTS)

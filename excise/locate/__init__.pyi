@@ -8,6 +8,7 @@ from excise.locate.neurons import gradient_attribution as gradient_attribution
 from excise.locate.neurons import knowledge_neurons as knowledge_neurons
 from excise.locate.patch import activation_patch as activation_patch
 from excise.locate.patch import fact_activation_patch as fact_activation_patch
+from excise.locate.side_by_side import compare as compare
 from excise.locate.trace import causal_trace as causal_trace
 
 __all__: list[str]

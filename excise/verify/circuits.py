@@ -7,7 +7,8 @@ For each fact we record, on one model state:
 * the direct logit attribution of every head (``[layer, head]``) and every MLP neuron
   (``[layer, neuron]``) to the target at the last prompt position
   (:func:`excise.locate.direct_logit_attribution`): which components write the answer;
-* the attention pattern of every head at the prompt's last position.
+* the attention pattern of every head at the prompt's last position (the full query x key
+  pattern is :func:`attention_pattern`'s, which :mod:`excise.verify.circuit_views` draws).
 
 :func:`pair_states` then lines the two states up: neurons are reduced to those that matter in
 either state, and the heads whose attention is drawn are the located ones (largest attribution
@@ -61,11 +62,20 @@ def pair_states(before: list[dict], after: list[dict], n_neurons: int = 20) -> d
 
 
 @torch.no_grad()
-def last_position_attention(model, prompt: str) -> torch.Tensor:
-    """``[layer, head, pos]``: how much each head attends from the last token to each position."""
+def attention_pattern(model, prompt: str) -> torch.Tensor:
+    """``[layer, head, query_pos, key_pos]``: every head's attention over the prompt's tokens.
+
+    Row ``q`` of a head is the distribution over the positions ``<= q`` that position ``q`` reads
+    from (causal: zero above the diagonal); positions are ``model.to_tokens(prompt)``'s.
+    """
     names = [act_name("pattern", layer) for layer in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(model.to_tokens(prompt), names_filter=lambda n: n in names)
-    return torch.stack([cache[n][0, :, -1] for n in names]).float().cpu()  # [layer, head, pos]
+    return torch.stack([cache[n][0] for n in names]).float().cpu()  # [layer, head, query_pos, key_pos]
+
+
+def last_position_attention(model, prompt: str) -> torch.Tensor:
+    """``[layer, head, pos]``: how much each head attends from the last token to each position."""
+    return attention_pattern(model, prompt)[:, :, -1]
 
 
 def changed_heads(before: dict, after: dict, k: int = 3) -> list[tuple[int, int]]:
