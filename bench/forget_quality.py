@@ -2,6 +2,7 @@
 
     python bench/forget_quality.py --limit 40 [--baseline-limit 8] [--batch 50]
         [--memit-passes 2] [--sequence 50] [--methods rome,rome-previous,rome-plain]
+        [--json assets/aggregate/forget_quality.json]
 
 Facts: the bundled facts the model knows (greedy decoding produces the target), round-robin over
 the relations, ``--limit`` from each part of the fixed split (:func:`excise.facts.fact_split`):
@@ -23,12 +24,18 @@ sequence`` forget many facts; a probe to keep that states another fact of the ba
 Targets (issue 14): efficacy >= 97%, held-out wordings >= 85%, neighbours >= 97%, same subject
 >= 90%, same answer >= 90%, perplexity <= +1%, <= 5 s per edit; batch of 50: efficacy and
 neighbours >= 95%.
+
+``--json PATH`` also writes every printed row as a dict (method, split, n, each column's hits,
+total and rate, perplexity change, seconds per edit), rewritten after each row, for the figures of
+``notebooks/04_aggregate.ipynb`` (:mod:`excise.commands.aggregate_figures`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 import time
 from collections import defaultdict
@@ -92,6 +99,27 @@ def table_row(name, split, n, agg, seconds):
             + f" | {ppl_text} | {seconds:6.1f} |")
 
 
+def json_row(name, split, n, agg, seconds):
+    """The row :func:`table_row` prints, as a dict: per column ``{"hits", "total", "rate"}``."""
+    columns = {}
+    for group, label in COLUMNS.items():
+        hit, total = agg.get(group, (0, 0))
+        columns[label] = {"hits": hit, "total": total, "rate": hit / total if total else None}
+    ppl = agg.get("ppl")
+    return {"method": name, "split": split, "n": n, "columns": columns,
+            "perplexity_change": ppl[0] / ppl[1] if ppl and ppl[1] else None, "seconds_per_edit": seconds}
+
+
+def write_json(path, rows, about):
+    """``{"about": ..., "rows": [...]}`` to ``path`` (written whole, then renamed into place)."""
+    if not path:
+        return
+    tmp = f"{path}.partial"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump({"about": about, "rows": rows}, handle, indent=1)
+    os.replace(tmp, path)
+
+
 HEADER = ("| method | split | n | " + " | ".join(COLUMNS.values()) + " | ppl | s/edit |\n"
           + "|---" * (len(COLUMNS) + 5) + "|")
 
@@ -107,7 +135,10 @@ def main():
                         help="comma-separated memit pass counts, one batch row each")
     parser.add_argument("--methods", default="all", help="comma-separated method names, or none")
     parser.add_argument("--splits", default=",".join(SPLITS), help="which parts of the fact split to run")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON here")
     args = parser.parse_args()
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        parser.error(f"--json {args.json}: its folder does not exist")
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     model = load_model(device="cpu")
@@ -118,6 +149,8 @@ def main():
     print("default model; known facts picked per split: "
           + ", ".join(f"{k} {len(v)}" for k, v in facts.items()) + f"; baseline perplexity {ppl0:.3f}")
     print(HEADER, flush=True)
+    rows, about = [], {"model": "default", "baseline_perplexity": ppl0, "args": vars(args),
+                       "known_facts": {k: len(v) for k, v in facts.items()}}
     for name, method in single_fact_methods(args).items():
         if args.methods != "all" and name not in args.methods.split(","):
             continue
@@ -135,6 +168,8 @@ def main():
                 print(f"  after {fact.id}: " + table_row(name, split, len(chosen), agg, seconds),
                       file=sys.stderr, flush=True)
             print(table_row(name, split, len(chosen), agg, seconds / max(1, len(chosen))), flush=True)
+            rows.append(json_row(name, split, len(chosen), agg, seconds / max(1, len(chosen))))
+            write_json(args.json, rows, about)
     many = {f"memit {p}-pass batch": (args.batch, lambda m, fs, p=int(p): memit(m, fs, passes=p,
                                                                                 progress=False))
             for p in args.memit_passes.split(",") if p}
@@ -149,6 +184,8 @@ def main():
         agg = evaluate(model, edit, batch, ppl0)
         print(table_row(f"{name} of {len(batch)}", splits[0], len(batch), agg, seconds / len(batch)),
               flush=True)
+        rows.append(json_row(f"{name} of {len(batch)}", splits[0], len(batch), agg, seconds / len(batch)))
+        write_json(args.json, rows, about)
         edit.undo(model)
 
 

@@ -17,13 +17,17 @@ get a column per budget: candidate-set sizes B (logit-lens extraction, rephrasin
 (quantization), step counts (relearning, LoRA relearning). ``--split-groups N`` adds split
 relearning: groups of N facts of one relation are edited one after another, and each half is
 attacked by fine-tuning on the other half. The time of each verification step is printed as a
-share of the whole. Lower recovery is more robust.
+share of the whole. Lower recovery is more robust. ``--json PATH`` also writes the table's counts
+(per editor and column: recovered hits of total informative facts, and the rate) for
+``notebooks/04_aggregate.ipynb``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import time
 from collections import defaultdict
 
@@ -125,23 +129,45 @@ def run_split(model, facts, args, budgets) -> dict[str, list]:
     return rows
 
 
+def recovery_cells(gone) -> dict[str, list[bool]]:
+    """Per column (probe, or probe and budget), whether each forgotten fact came back, over the
+    facts where the column was informative."""
+    cells = defaultdict(list)
+    for r in gone:
+        for o in r.probes:
+            if o.status in ("recovered", "forgotten"):
+                cells[o.probe].append(o.status == "recovered")
+            elif o.probe not in cells:
+                cells[o.probe] = []
+            for budget, (informative, back) in _budget_columns(o).items():
+                if informative:
+                    cells[f"{o.probe} {budget}"].append(back)
+                else:
+                    cells.setdefault(f"{o.probe} {budget}", [])
+    return cells
+
+
+def json_rows(rows, split: str) -> list[dict]:
+    """The table as dicts: per editor, facts forgotten and per column the recovered ``hits`` of
+    ``total`` informative forgotten facts and their ``rate``."""
+    def count(values):
+        return {"hits": sum(values), "total": len(values), "rate": sum(values) / len(values) if values else None}
+
+    out = []
+    for name, reports in rows.items():
+        gone = [r for r in reports if r.summary.prompt_forgotten]
+        out.append({"editor": name, "split": split, "n": len(reports),
+                     "forgotten": count([r.summary.prompt_forgotten for r in reports]),
+                     "columns": {c: count(v) for c, v in recovery_cells(gone).items()}})
+    return out
+
+
 def summarize(rows) -> tuple[dict[str, dict], list[str]]:
     table, columns = {}, []
     for name, reports in rows.items():
         gone = [r for r in reports if r.summary.prompt_forgotten]
         entry = {"forgotten": f"{len(gone)}/{len(reports)}"}
-        cells = defaultdict(list)
-        for r in gone:
-            for o in r.probes:
-                if o.status in ("recovered", "forgotten"):
-                    cells[o.probe].append(o.status == "recovered")
-                elif o.probe not in cells:
-                    cells[o.probe] = []
-                for budget, (informative, back) in _budget_columns(o).items():
-                    if informative:
-                        cells[f"{o.probe} {budget}"].append(back)
-                    else:
-                        cells.setdefault(f"{o.probe} {budget}", [])
+        cells = recovery_cells(gone)
         shares = []
         for column, values in cells.items():
             if column not in columns:
@@ -188,7 +214,11 @@ def main() -> None:
                         help="an attack budget (excise.verify.probes.base.Setup field), repeatable")
     parser.add_argument("--split-groups", type=int, default=0,
                         help="also run split relearning on groups of this many facts of a relation")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="also write the table as JSON rows here (for notebooks/04_aggregate)")
     args = parser.parse_args()
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        parser.error(f"--json {args.json}: its folder does not exist")
     logging.basicConfig(level=logging.WARNING)
     unknown = set(args.editors.split(",")) - set(EDITORS)
     if unknown:
@@ -203,6 +233,10 @@ def main() -> None:
     print_table(table, columns)
     print("Cells: share of forgotten facts the probe recovers (n informative facts).")
     print_timings(timings, len(facts))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"about": {"model": "default", "args": vars(args), "budgets": budgets},
+                       "rows": json_rows(rows, args.split)}, handle, indent=1, default=str)
     if args.split_groups:
         pool = known_facts(model, load_facts("all", split=args.split), args.limit * 4)
         split_table, split_columns = summarize(run_split(model, pool, args, budgets))

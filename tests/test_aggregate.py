@@ -1,0 +1,186 @@
+"""Traces over many facts: ROME's token categories, the 95% bands, the resumable cache, and the
+aggregate figures' layout (titles, axis titles, legends, no overlaps).
+
+Categories and intervals are checked against hand computations on hand-made traces; the cache
+against a count of the traces actually run on a tiny model; the figures on synthetic records and
+bench rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from excise.commands import aggregate
+from excise.commands import aggregate_figures as figures
+from excise.facts import Fact
+from excise.locate import Localization
+from excise.locate.plots import layout_overlaps
+
+TOKENS = ["<s>", "The", " E", "iff", "el", " Tower", " is", " in", " the", " city", " of"]
+
+
+def fake_trace(site: str = "mlp", subject=(2, 3, 4, 5), n_layers: int = 12, seed: int = 0,
+               fact_id: str = "eiffel") -> Localization:
+    """A causal-trace-like ``[layer, position]`` map with the fields ``causal_trace`` records."""
+    scores = torch.rand(n_layers, len(TOKENS), generator=torch.Generator().manual_seed(seed))
+    return Localization(scores, ("layer", "position"),
+                        {"layer": [str(i) for i in range(n_layers)], "position": TOKENS},
+                        "causal_trace", site, {"samples": 2, "noise": 0.1, "window": 10},
+                        {"subject_positions": list(subject), "clean_score": 0.9, "corrupted_score": 0.1},
+                        prompt="The Eiffel Tower is in the city of", target=" Paris", fact_id=fact_id)
+
+
+def fake_records(n_facts: int = 6, relations=("landmark", "capital", "author")) -> list[dict]:
+    records = []
+    for i in range(n_facts):
+        fact = Fact(id=f"fact-{i}", subject="The Eiffel Tower", prompt="{} is in the city of",
+                    target=" Paris", relation=relations[i % len(relations)])
+        for j, site in enumerate(aggregate.SITES):
+            loc = fake_trace(site, seed=10 * i + j, fact_id=fact.id)
+            records.append(aggregate.trace_record(loc, fact, 2, "hash", 0.0))
+    return records
+
+
+def test_categories_of_a_hand_made_trace():
+    """Subject at positions 2-5 of 11 tokens: first 2, last 5, further 6-9, last token 10."""
+    assert aggregate.token_categories([2, 3, 4, 5], 11) == {
+        "first subject token": [2], "last subject token": [5],
+        "further tokens": [6, 7, 8, 9], "last token": [10]}
+    scores = torch.arange(11.0).repeat(3, 1) + 100 * torch.arange(3.0)[:, None]  # [layer, pos]
+    effects = aggregate.category_effects(scores, [2, 3, 4, 5], corrupted=1.0)
+    assert effects["first subject token"] == [1.0, 101.0, 201.0]
+    assert effects["last subject token"] == [4.0, 104.0, 204.0]
+    assert effects["further tokens"] == [6.5, 106.5, 206.5]  # mean of 6..9, minus 1
+    assert effects["last token"] == [9.0, 109.0, 209.0]
+
+
+def test_a_subject_right_before_the_last_token_has_no_further_tokens():
+    categories = aggregate.token_categories([1], 3)
+    assert categories["further tokens"] == [] and categories["last token"] == [2]
+    effects = aggregate.category_effects(torch.ones(2, 3), [1], corrupted=0.0)
+    assert effects["further tokens"] is None and effects["first subject token"] == [1.0, 1.0]
+
+
+def test_band_is_mean_plus_minus_1_96_standard_errors():
+    curves = [[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]]
+    band = aggregate.mean_band(curves)
+    for layer in range(2):
+        column = [c[layer] for c in curves]
+        half = 1.96 * statistics.stdev(column) / math.sqrt(3)
+        assert band.mean[layer] == pytest.approx(statistics.mean(column))
+        assert band.low[layer] == pytest.approx(statistics.mean(column) - half)
+        assert band.high[layer] == pytest.approx(statistics.mean(column) + half)
+    single = aggregate.mean_band([[1.0, 2.0]])
+    assert single.n == 1 and single.low is None and single.mean == [1.0, 2.0]
+
+
+def test_average_effects_and_lookup_depths_read_the_records():
+    records = fake_records(4)
+    bands = aggregate.average_effects(records)
+    assert list(bands) == list(aggregate.SITES) and list(bands["mlp"]) == list(aggregate.CATEGORIES)
+    expected = [statistics.mean(r["effects"]["last token"][0] for r in records if r["site"] == "attn")]
+    assert bands["attn"]["last token"].mean[0] == pytest.approx(expected[0])
+    depths = aggregate.lookup_depths(records)
+    assert sorted(depths) == ["author", "capital", "landmark"]
+    mlp = [r for r in records if r["site"] == "mlp"]
+    for r in mlp:  # lookup = argmax of the last-subject-token MLP effect; edit layer in the first 60%
+        effect = r["effects"]["last subject token"]
+        assert r["lookup_layer"] == effect.index(max(effect)) and r["edit_layer"] < 0.6 * len(effect)
+
+
+@pytest.mark.filterwarnings("ignore:the model does not predict")
+@pytest.mark.parametrize("tiny", ["llama"], indirect=True)
+def test_trace_many_resumes_from_its_cache(tiny, tmp_path, monkeypatch):
+    calls = []
+    real = aggregate.causal_trace
+
+    def counting(model, fact, **kwargs):
+        calls.append((fact.id, kwargs["site"]))
+        return real(model, fact, **kwargs)
+
+    monkeypatch.setattr(aggregate, "causal_trace", counting)
+    facts = [Fact(id=f"capital-{s.lower()}", subject=s, prompt="The capital of {} is", target=t,
+                  relation="capital") for s, t in (("France", " Paris"), ("Germany", " Berlin"),
+                                                   ("Spain", " Madrid"))]
+    cache = tmp_path / "traces.jsonl"
+    first = aggregate.trace_many(tiny, facts[:2], samples=1, sites=("mlp", "resid"), cache=cache,
+                                 progress=False)
+    assert len(calls) == 4 and len(first) == 4 and first[0]["lookup_layer"] is not None
+    with cache.open("a") as handle:  # an interrupted append
+        handle.write('{"fact": "capital-spain", "si')
+    again = aggregate.trace_many(tiny, facts, samples=1, sites=("mlp", "resid"), cache=cache,
+                                 progress=False)
+    assert calls[4:] == [("capital-spain", "mlp"), ("capital-spain", "resid")]
+    assert again[:4] == first
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 6 and all(json.loads(line) for line in lines)
+    aggregate.trace_many(tiny, facts[:1], samples=2, sites=("mlp",), cache=cache, progress=False)
+    assert len(calls) == 7  # other noise samples: another trace, not the cached one
+
+
+def assert_figure_labelled(fig: go.Figure, caption: str, legend_entries: int) -> None:
+    """Title, every axis titled, a legend of ``legend_entries`` entries, nothing overlapping."""
+    assert fig.layout.title.text and caption and "\n" not in caption
+    axes = [fig.layout[k] for k in fig.layout if k.startswith(("xaxis", "yaxis"))]
+    titled = [a for a in axes if a.title.text]
+    assert titled and all(a.title.text for a in axes if a.anchor != "free" and not a.matches), axes
+    shown = [t for t in fig.data if t.showlegend is not False and t.name]
+    assert len({t.name for t in shown}) == legend_entries and fig.layout.legend.title.text
+    for width in (700, 1100):
+        assert not layout_overlaps(fig, width), layout_overlaps(fig, width)
+
+
+def test_aie_curves_one_panel_per_site_a_line_and_band_per_category():
+    records = fake_records(5)
+    fig, caption = figures.aie_curves(records)
+    assert_figure_labelled(fig, caption, legend_entries=len(aggregate.CATEGORIES))
+    assert [a.text for a in fig.layout.annotations] == [figures._SITE_TITLES[s] for s in aggregate.SITES]
+    assert len(fig.data) == 3 * len(aggregate.SITES) * len(aggregate.CATEGORIES)  # line + 2 edges
+    assert all(fig.layout[f"xaxis{i or ''}"].title.text for i in (0, 2, 3))
+    assert "Δ p(target)" in fig.layout.yaxis.title.text and "5 facts" in fig.layout.title.text
+
+
+def test_lookup_depth_per_relation():
+    fig, caption = figures.lookup_depth(fake_records(6))
+    assert_figure_labelled(fig, caption, legend_entries=2)
+    assert set(fig.data[0].y) == {"landmark", "capital", "author"} and len(fig.data[0].x) == 6
+
+
+def bench_rows() -> list[dict]:
+    """Rows in the format of ``bench/forget_quality.py --json``."""
+    def cells(rate, total=20):
+        return {name: {"hits": round(rate * total), "total": total, "rate": round(rate * total) / total}
+                for name in (*figures.FORGET_COLUMNS, *figures.KEEP_COLUMNS)}
+    return [{"method": m, "split": s, "n": 20, "columns": cells(r), "perplexity_change": p,
+             "seconds_per_edit": 3.0}
+            for s in ("tune", "held_out")
+            for m, r, p in (("rome", 0.95, 0.002), ("memit 2-pass batch of 50", 0.9, 0.01),
+                            ("finetune-ga(all)", 0.6, 0.08))]
+
+
+def test_editor_bars_and_tradeoff():
+    fig, caption = figures.editor_bars(bench_rows())
+    assert_figure_labelled(fig, caption, legend_entries=3)
+    assert "held_out" in caption and list(fig.data[0].x)[0] == "efficacy"
+    assert fig.data[0].error_y.array[0] > 0 and fig.data[0].y[0] == pytest.approx(95.0)
+    fig, caption = figures.editor_tradeoff(bench_rows(), split="tune")
+    assert_figure_labelled(fig, caption, legend_entries=3)
+    assert fig.data[0].x[0] == pytest.approx(0.2)  # perplexity change in percent
+
+
+def test_robustness_bars():
+    rows = [{"editor": e, "split": "tune", "n": 8,
+             "forgotten": {"hits": 8, "total": 8, "rate": 1.0},
+             "columns": {"relearn": {"hits": h, "total": 8, "rate": h / 8},
+                         "relearn 10 steps": {"hits": h, "total": 8, "rate": h / 8},
+                         "quantization": {"hits": 0, "total": 0, "rate": None}}}
+            for e, h in (("rome", 2), ("memit", 4))]
+    fig, caption = figures.robustness_bars(rows)
+    assert_figure_labelled(fig, caption, legend_entries=2)
+    assert list(fig.data[0].x) == ["relearn", "quantization"] and fig.data[0].y[1] is None
