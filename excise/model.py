@@ -11,6 +11,11 @@ cached nor reachable fails at once with a message saying how to point excise at 
 A truncated weights file, or weights changed after :func:`excise.save_model` wrote them with
 their edits, fail with :class:`ModelLoadError` too. The weights hashes (``weights_hash``,
 ``legacy_weights_hash``, ``tensor_hash``) live in :mod:`excise.export` and are importable here.
+
+One weight, one parameter: TransformerBridge splits fused projections (GPT-2's ``c_attn``,
+Phi-3's ``qkv_proj`` and ``gate_up_proj``) into q/k/v (gate/up) modules whose parameters alias
+the fused Hugging Face weight; :func:`tie_split_projections` makes those read the fused parameter
+instead, so training and an edit's undo see one tensor.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from excise.export import EDIT_FOLDER, edit_folders, weights_hash
 from excise.export import hash_tensor as hash_tensor
@@ -214,6 +220,7 @@ def load_model(name: str | None = None, device: str | None = None, dtype: torch.
         source, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
     bridge.eval()
+    tie_split_projections(bridge)
     bridge.excise_source = source
     bridge.excise_name = name or DEFAULT_MODEL
     return bridge
@@ -249,3 +256,95 @@ def check_saved_weights(source: str, hf_model) -> None:
                 "folder to load these weights anyway"
             )
         return
+
+
+def tie_split_projections(bridge) -> int:
+    """Make the q/k/v (gate/up) weights the bridge split off a fused weight read that weight.
+
+    TransformerBridge splits a fused projection (GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` and
+    ``gate_up_proj``) into separate ``nn.Linear`` modules at boot, whose new parameters are views
+    of the fused weight's memory. The model then lists one weight as two parameters: gradients
+    reach only the split ones, and writing weights back name by name (an edit's undo) can
+    overwrite one with the other's newer values. Here each split module becomes a
+    :class:`FusedViewLinear`, whose weight and bias are the same views taken from the fused
+    parameter at each read, so the Hugging Face parameter is the only one and gradients reach it.
+    A split that copies (GPT-NeoX's per-head interleaved ``query_key_value``) cannot be a view and
+    stays as the bridge made it. Returns the number of split modules tied.
+    """
+    tied = 0
+    for component in list(bridge.modules()):
+        for fused, parts in _fused_splits(component):
+            tied += sum(_view_fused(part, fused) for part in parts)
+    log.debug("tied %d split projections to their fused weights", tied)
+    return tied
+
+
+class FusedViewLinear(nn.Linear):
+    """An ``nn.Linear`` split off a fused projection: its weight and bias are views of the fused
+    module's parameters (``_excise_fused``: the module and each view's layout), taken at each read,
+    so they follow every write to the fused weight and pass gradients to it."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._fused_view("weight")
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self._fused_view("bias")
+
+    def _fused_view(self, name: str) -> torch.Tensor | None:
+        fused, layout = self.__dict__["_excise_fused"]
+        if name not in layout:
+            return self._parameters.get(name)
+        source, shape, stride, offset = layout[name]
+        param = getattr(fused, source)
+        return param.as_strided(shape, stride, param.storage_offset() + offset)
+
+
+def _innermost(module: nn.Module) -> nn.Module:
+    """The Hugging Face module under any bridge wrappers (``original_component`` chains)."""
+    while getattr(module, "original_component", None) is not None:
+        module = module.original_component
+    return module
+
+
+def _fused_splits(component) -> list[tuple[nn.Module, list[nn.Module]]]:
+    """``[(fused HF module, the modules split off it)]`` for a bridge component that splits a
+    fused q/k/v or gate/up projection (TransformerLens' joint bridges); ``[]`` for any other."""
+    original = getattr(component, "original_component", None)
+    if original is None:
+        return []
+    found = []
+    qkv = getattr(component, "submodules", {}).get("qkv")
+    if callable(getattr(component, "split_qkv_matrix", None)) and qkv is not None \
+            and hasattr(original, qkv.name):
+        found.append((getattr(original, qkv.name), [component.q, component.k, component.v]))
+    fused_attr = getattr(component, "fused_attr", None)
+    if callable(getattr(component, "split_gate_up_matrix", None)) and hasattr(original, str(fused_attr)):
+        found.append((getattr(original, fused_attr), [component.gate, getattr(component, "in")]))
+    return [(_innermost(fused), [_innermost(p) for p in parts]) for fused, parts in found]
+
+
+def _view_fused(part: nn.Module, fused: nn.Module) -> int:
+    """Turn ``part`` into a :class:`FusedViewLinear` reading ``fused``; 1 when done, 0 (nothing
+    changed) unless ``part`` is a plain ``nn.Linear`` whose parameters are all views of ``fused``'s."""
+    if type(part) is not nn.Linear:
+        return 0
+    sources = dict(fused.named_parameters(recurse=False))
+    layout = {}
+    for name, param in part.named_parameters(recurse=False):
+        source = next((s for s, p in sources.items()
+                       if p.untyped_storage().data_ptr() == param.untyped_storage().data_ptr()), None)
+        if source is None:
+            return 0
+        layout[name] = (source, tuple(param.shape), param.stride(),
+                        param.storage_offset() - sources[source].storage_offset())
+    originals = {name: part._parameters.pop(name) for name in layout}
+    part._excise_fused = (fused, layout)  # a tuple: not registered, so no second copy of fused
+    part.__class__ = FusedViewLinear
+    if all(torch.equal(getattr(part, name), original) for name, original in originals.items()):
+        return 1
+    part.__class__ = nn.Linear  # not the views we thought: put the parameters back
+    part._parameters.update(originals)
+    del part._excise_fused
+    return 0
