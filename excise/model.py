@@ -12,10 +12,8 @@ A truncated weights file, or weights changed after :func:`excise.save_model` wro
 their edits, fail with :class:`ModelLoadError` too. The weights hashes (``weights_hash``,
 ``legacy_weights_hash``, ``tensor_hash``) live in :mod:`excise.export` and are importable here.
 
-One weight, one parameter: TransformerBridge splits fused projections (GPT-2's ``c_attn``,
-Phi-3's ``qkv_proj`` and ``gate_up_proj``) into q/k/v (gate/up) modules whose parameters alias
-the fused Hugging Face weight; :func:`tie_split_projections` makes those read the fused parameter
-instead, so training and an edit's undo see one tensor.
+After boot, :func:`excise.bridge_params.one_parameter_per_weight` repairs how the bridge lists
+some weights (fused projections, weightless norms).
 """
 
 from __future__ import annotations
@@ -30,8 +28,8 @@ import zipfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from excise.bridge_params import one_parameter_per_weight
 from excise.export import EDIT_FOLDER, edit_folders, weights_hash
 from excise.export import hash_tensor as hash_tensor
 from excise.export import legacy_weights_hash as legacy_weights_hash
@@ -163,15 +161,18 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_hf(source: str, dtype: torch.dtype):
-    """Load an HF causal LM and tokenizer, cache-first for hub ids; fail fast when offline."""
+def _load_hf(source: str, dtype: torch.dtype, device_map=None):
+    """Load an HF causal LM and tokenizer, cache-first for hub ids; fail fast when offline.
+
+    ``device_map`` goes to ``from_pretrained``, which places the modules with Accelerate."""
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     is_folder = Path(source).exists()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True,
+                                                     device_map=device_map)
         return model, tokenizer
     except OSError as err:
         if is_folder:
@@ -189,18 +190,40 @@ def _load_hf(source: str, dtype: torch.dtype):
             "`--model DIR`. Run with no model name to use the bundled default model."
         )
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device_map)
     return model, tokenizer
 
 
-def load_model(name: str | None = None, device: str | None = None, dtype: torch.dtype = torch.float32):
+def check_no_offload(hf_model) -> None:
+    """Refuse weights a ``device_map`` offloaded (to "disk", or to "cpu" beside GPUs).
+
+    Accelerate keeps offloaded weights outside the model's parameters, which stay empty ("meta")
+    between forward passes: excise could neither hash them nor write an edit into them.
+    """
+    offloaded = [name for name, param in hf_model.named_parameters() if param.is_meta]
+    if offloaded:
+        raise ValueError(
+            f"the device_map offloads {len(offloaded)} weights (e.g. {offloaded[0]}) to cpu or disk, "
+            "where Accelerate keeps them outside the parameters and excise can neither hash nor "
+            "edit them; map every module onto a device (e.g. device_map='auto' with enough GPU "
+            "memory) or load on one device (device='cpu')"
+        )
+
+
+def load_model(name: str | None = None, device: str | None = None, dtype: torch.dtype = torch.float32,
+               device_map: str | dict | None = None):
     """Load ``name`` as a ``TransformerBridge`` in eval mode.
 
     Args:
         name: None (or "default") for SmolLM2-135M-Instruct, a local Hugging Face folder, or a
             hub id available in the local cache or over the network.
         device: "cpu", "cuda", ...; None picks CUDA when available.
-        dtype: parameter dtype, float32 by default (exact patching needs it).
+        dtype: parameter dtype, float32 by default (exact patching needs it); bfloat16 and
+            float16 work too (editors compute in float32 and write back in ``dtype``).
+        device_map: instead of ``device``, a Hugging Face Accelerate device map ("auto",
+            "balanced", or ``{module name: device}``) that splits the model over several
+            devices; the bridge keeps that placement. Offloading weights is refused
+            (:func:`check_no_offload`).
 
     The bridge records where it came from in ``bridge.excise_source`` so that writers can refuse
     to overwrite the original weights. A folder written by :func:`excise.save_model` with edits
@@ -209,18 +232,24 @@ def load_model(name: str | None = None, device: str | None = None, dtype: torch.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is not None and device_map is not None:
+        raise ValueError("pass device= or device_map=, not both: a device_map places every module")
     source = resolve_model_source(name)
-    hf_model, tokenizer = _load_hf(source, dtype)
+    hf_model, tokenizer = _load_hf(source, dtype, device_map)
+    check_no_offload(hf_model)
     check_saved_weights(source, hf_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    hf_model.to(device)
+    if device_map is None:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        hf_model.to(device)
+    else:  # placed by Accelerate: tokens go where the embedding is, nothing is moved
+        device = str(hf_model.get_input_embeddings().weight.device)
     bridge = TransformerBridge.boot_transformers(
         source, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
     bridge.eval()
-    tie_split_projections(bridge)
+    one_parameter_per_weight(bridge)
     bridge.excise_source = source
     bridge.excise_name = name or DEFAULT_MODEL
     return bridge
@@ -257,94 +286,3 @@ def check_saved_weights(source: str, hf_model) -> None:
             )
         return
 
-
-def tie_split_projections(bridge) -> int:
-    """Make the q/k/v (gate/up) weights the bridge split off a fused weight read that weight.
-
-    TransformerBridge splits a fused projection (GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` and
-    ``gate_up_proj``) into separate ``nn.Linear`` modules at boot, whose new parameters are views
-    of the fused weight's memory. The model then lists one weight as two parameters: gradients
-    reach only the split ones, and writing weights back name by name (an edit's undo) can
-    overwrite one with the other's newer values. Here each split module becomes a
-    :class:`FusedViewLinear`, whose weight and bias are the same views taken from the fused
-    parameter at each read, so the Hugging Face parameter is the only one and gradients reach it.
-    A split that copies (GPT-NeoX's per-head interleaved ``query_key_value``) cannot be a view and
-    stays as the bridge made it. Returns the number of split modules tied.
-    """
-    tied = 0
-    for component in list(bridge.modules()):
-        for fused, parts in _fused_splits(component):
-            tied += sum(_view_fused(part, fused) for part in parts)
-    log.debug("tied %d split projections to their fused weights", tied)
-    return tied
-
-
-class FusedViewLinear(nn.Linear):
-    """An ``nn.Linear`` split off a fused projection: its weight and bias are views of the fused
-    module's parameters (``_excise_fused``: the module and each view's layout), taken at each read,
-    so they follow every write to the fused weight and pass gradients to it."""
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self._fused_view("weight")
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self._fused_view("bias")
-
-    def _fused_view(self, name: str) -> torch.Tensor | None:
-        fused, layout = self.__dict__["_excise_fused"]
-        if name not in layout:
-            return self._parameters.get(name)
-        source, shape, stride, offset = layout[name]
-        param = getattr(fused, source)
-        return param.as_strided(shape, stride, param.storage_offset() + offset)
-
-
-def _innermost(module: nn.Module) -> nn.Module:
-    """The Hugging Face module under any bridge wrappers (``original_component`` chains)."""
-    while getattr(module, "original_component", None) is not None:
-        module = module.original_component
-    return module
-
-
-def _fused_splits(component) -> list[tuple[nn.Module, list[nn.Module]]]:
-    """``[(fused HF module, the modules split off it)]`` for a bridge component that splits a
-    fused q/k/v or gate/up projection (TransformerLens' joint bridges); ``[]`` for any other."""
-    original = getattr(component, "original_component", None)
-    if original is None:
-        return []
-    found = []
-    qkv = getattr(component, "submodules", {}).get("qkv")
-    if callable(getattr(component, "split_qkv_matrix", None)) and qkv is not None \
-            and hasattr(original, qkv.name):
-        found.append((getattr(original, qkv.name), [component.q, component.k, component.v]))
-    fused_attr = getattr(component, "fused_attr", None)
-    if callable(getattr(component, "split_gate_up_matrix", None)) and hasattr(original, str(fused_attr)):
-        found.append((getattr(original, fused_attr), [component.gate, getattr(component, "in")]))
-    return [(_innermost(fused), [_innermost(p) for p in parts]) for fused, parts in found]
-
-
-def _view_fused(part: nn.Module, fused: nn.Module) -> int:
-    """Turn ``part`` into a :class:`FusedViewLinear` reading ``fused``; 1 when done, 0 (nothing
-    changed) unless ``part`` is a plain ``nn.Linear`` whose parameters are all views of ``fused``'s."""
-    if type(part) is not nn.Linear:
-        return 0
-    sources = dict(fused.named_parameters(recurse=False))
-    layout = {}
-    for name, param in part.named_parameters(recurse=False):
-        source = next((s for s, p in sources.items()
-                       if p.untyped_storage().data_ptr() == param.untyped_storage().data_ptr()), None)
-        if source is None:
-            return 0
-        layout[name] = (source, tuple(param.shape), param.stride(),
-                        param.storage_offset() - sources[source].storage_offset())
-    originals = {name: part._parameters.pop(name) for name in layout}
-    part._excise_fused = (fused, layout)  # a tuple: not registered, so no second copy of fused
-    part.__class__ = FusedViewLinear
-    if all(torch.equal(getattr(part, name), original) for name, original in originals.items()):
-        return 1
-    part.__class__ = nn.Linear  # not the views we thought: put the parameters back
-    part._parameters.update(originals)
-    del part._excise_fused
-    return 0

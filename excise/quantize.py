@@ -94,13 +94,15 @@ def block_linears(model) -> dict[str, nn.Module]:
     """The live linear projections (``nn.Linear`` or GPT-2 ``Conv1D``) inside every transformer
     block of a TransformerBridge, by name (``"blocks.{l}.{path}"``), each weight once.
 
-    Where the bridge splits a joint QKV projection into q/k/v modules whose weights are views of
-    the joint one (GPT-2), only the joint weight is kept, so no value is quantized twice.
+    Where the bridge splits a joint QKV projection into q/k/v modules that read the joint weight
+    (GPT-2, GPT-NeoX, Phi-3: :func:`excise.bridge_params.tie_split_projections`), only the joint weight
+    is kept, so no value is quantized twice and every weight returned is a live parameter.
     """
     candidates: dict[str, nn.Module] = {}
     for layer, block in enumerate(model.blocks):
         for path, module in block.original_component.named_modules():
-            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            linear = isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+            if linear and isinstance(module.weight, nn.Parameter):  # not a view read from another
                 name = path.replace("._original_component", "").replace("_original_component.", "")
                 candidates[f"blocks.{layer}.{name}"] = module
     owner: dict[int, tuple[str, int]] = {}  # storage -> (name, numel) of the largest weight on it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import einops
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
@@ -216,6 +217,98 @@ def test_direct_logit_attribution_decomposes_the_mlp_output(tiny):
         assert float(loc.scores[layer].sum()) == pytest.approx(float(out @ v), abs=1e-4)
     heads = direct_logit_attribution(tiny, FACT, site="head")
     assert heads.scores.shape == (n, tiny.cfg.n_heads)
+
+
+@torch.no_grad()
+def naive_direct_effect(model, tokens, target: int, layer: int, site: str, output: torch.Tensor) -> float:
+    """Drop of the target's logit at the last position (any final soft-cap undone) when ``output``
+    ``[d_model]`` leaves the attention (``site="head"``) or MLP (``"neuron"``) output of ``layer``
+    there, with every other attention and MLP output and every norm's scale frozen at its clean
+    value: what reaches the logit is the direct path only, through any post-norm of that block."""
+    frozen = [n for n in model.hook_dict if n.endswith(("attn.hook_out", "mlp.hook_out", "hook_scale"))]
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in frozen)
+    removed = f"blocks.{layer}.{'attn' if site == 'head' else 'mlp'}.hook_out"
+
+    def clean(act, hook):  # row 0 clean, row 1 without ``output``
+        act = cache[hook.name].expand_as(act).clone()
+        if hook.name == removed:
+            act[1, -1] -= output
+        return act
+
+    logits = model.run_with_hooks(tokens.expand(2, -1), fwd_hooks=[(n, clean) for n in frozen])[:, -1, target]
+    cap = float(getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0)
+    logits = cap * torch.atanh(logits.double() / cap) if cap > 0 else logits.double()
+    return float(logits[0] - logits[1])
+
+
+@pytest.mark.filterwarnings("ignore:A forward hook edited hook_scale")
+@pytest.mark.parametrize("family", ["Gemma 2", "OLMo", "OLMo 2"])
+def test_direct_logit_attribution_matches_naive_direct_effects(family, tmp_path):
+    """Gemma 2 (RMSNorm by 1 + weight, post-attention and post-MLP norms, final soft-cap), OLMo
+    (LayerNorm without a weight), OLMo 2 (post-norms only): each head's and the largest neurons'
+    DLA equals the naive direct effect of removing its output."""
+    from excise.components import attn_out_weight, out_proj_weight
+    from excise.model import load_model
+    from excise.testing import save_tiny_model
+
+    model = load_model(str(save_tiny_model(family, tmp_path / "model")), device="cpu")
+    cfg = model.cfg
+    tokens = model.to_tokens(FACT.text)
+    target = model.tokenizer(FACT.target, add_special_tokens=False)["input_ids"][0]
+    heads = direct_logit_attribution(model, FACT, site="head")
+    neurons = direct_logit_attribution(model, FACT, site="neuron")
+    _, cache = model.run_with_cache(tokens)
+    for layer in range(cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"][0, -1]  # [head, d_head]
+        w_o = einops.rearrange(attn_out_weight(model, layer).detach(),
+                               "(head d_head) d_model -> head d_head d_model", head=cfg.n_heads)
+        for head in range(cfg.n_heads):
+            naive = naive_direct_effect(model, tokens, target, layer, "head", z[head] @ w_o[head])
+            assert float(heads.scores[layer, head]) == pytest.approx(naive, rel=1e-3, abs=1e-5), (layer, head)
+        post = cache[f"blocks.{layer}.mlp.hook_post"][0, -1]  # [d_mlp]
+        for index in neurons.scores[layer].abs().topk(3).indices.tolist():
+            output = post[index] * out_proj_weight(model, layer).detach()[index]
+            naive = naive_direct_effect(model, tokens, target, layer, "neuron", output)
+            assert float(neurons.scores[layer, index]) == pytest.approx(naive, rel=1e-3, abs=1e-5), (layer, index)
+    if family == "Gemma 2":
+        assert 0 < heads.meta["soft_cap_slope"] <= 1 and heads.meta["soft_cap"] == cfg.output_logits_soft_cap
+
+
+def test_finetune_on_neox_saves_its_attention_changes(tiny_folders, tmp_path):
+    """GPT-NeoX's q/k/v read the fused query_key_value: finetune's deltas name it, apply/undo
+    are bit-exact, and plain transformers reloads the edited logits."""
+    from transformers import AutoModelForCausalLM
+
+    from excise.edit import finetune
+    from excise.export import save_model
+    from excise.model import load_model
+
+    model = load_model(str(tiny_folders["neox"]), device="cpu")
+    tokens = model.to_tokens("The Eiffel Tower is in the city of Paris")
+    params = dict(model.original_model.named_parameters())
+    base = {n: p.detach().clone() for n, p in params.items()}
+    with torch.no_grad():
+        original = model(tokens)
+    edit = finetune(model, FACT, steps=2, lr=1e-2, n_prefixes=1, progress=False)
+    fused = "gpt_neox.layers.0.attention.query_key_value"
+    assert {f"{fused}.weight", f"{fused}.bias"} <= set(edit.deltas)
+    assert not any("_original_component" in n for n in edit.deltas)
+    with torch.no_grad():
+        edited = model(tokens)
+        qkv = model.blocks[0].attn.qkv.original_component
+        q = einops.rearrange(qkv.weight, "(head part d_head) d_model -> part (head d_head) d_model",
+                             head=model.cfg.n_heads, part=3)[0]
+        assert torch.equal(model.blocks[0].attn.q.original_component.weight, q)
+    save_model(model, tmp_path / "edited")
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "edited"), dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert (plain(tokens).logits - edited).abs().max() < 1e-4 < (edited - original).abs().max()
+    edit.undo(model)
+    assert all(torch.equal(p, base[n]) for n, p in params.items())
+    with torch.no_grad():
+        assert torch.equal(model(tokens), original)
+        edit.apply(model)
+        assert torch.equal(model(tokens), edited)
 
 
 def test_localization_top_plot_and_json_roundtrip():

@@ -8,18 +8,7 @@ import torch
 from excise.commands.support import STEPS, SupportError, check_family, outcome, support_table
 from excise.testing import FAMILIES, save_tiny_model
 
-KNOWN_FAILURES = {
-    "Pythia": {"save + reload": "the bridge trains its own copies of GPT-NeoX's q/k/v (see "
-                                "test_the_bridge_copies_neox_interleaved_qkv), which save_model "
-                                "never writes back into query_key_value: finetune's attention "
-                                "changes are lost on reload"},
-    "Gemma 2": {"DLA": "excise/locate/dla.py scales by the final RMSNorm's stored weight, but Gemma "
-                       "scales by (1 + weight), and it skips the norms after attention and MLP"},
-    "OLMo": {"DLA": "excise/locate/dla.py takes the final norm's weight, and OLMo's LayerNorm has "
-                    "none (StopIteration)"},
-    "OLMo 2": {"DLA": "excise/locate/dla.py skips the norms OLMo 2 applies to the attention and MLP "
-                      "outputs before they reach the residual stream"},
-}
+KNOWN_FAILURES: dict[str, dict[str, str]] = {}
 """Steps that fail because of excise code outside this change, with the reason; each is checked
 to still fail, so that fixing one makes this test say to remove its entry."""
 
@@ -65,15 +54,19 @@ def test_split_projections_read_the_fused_weight(tiny_folders):
     assert fused.grad is not None and fused.grad.abs().sum() > 0
 
 
-def test_the_bridge_copies_neox_interleaved_qkv(tiny_folders):
-    """Upstream: TransformerBridge splits GPT-NeoX's per-head interleaved query_key_value into
-    q/k/v copies at boot, so the Hugging Face weight (the one saved) no longer drives the model."""
+def test_neox_interleaved_qkv_reads_the_fused_weight(tiny_folders):
+    """TransformerBridge splits GPT-NeoX's per-head interleaved query_key_value into q/k/v copies
+    at boot; tied, they read the Hugging Face weight (the one saved), which gradients reach."""
     from excise.model import load_model
 
     model = load_model(str(tiny_folders["neox"]), device="cpu")
     fused = model.blocks[0].attn.qkv.original_component.weight
+    names = [n for n, _ in model.original_model.named_parameters()]
+    assert not any(".attn.q." in n or ".attention.q." in n for n in names)
     tokens = model.to_tokens("The capital of France is")
+    model(tokens).sum().backward()
+    assert fused.grad is not None and fused.grad.abs().sum() > 0
     with torch.no_grad():
         before = model(tokens)
         fused.mul_(0.5)
-        assert torch.equal(model(tokens), before)
+        assert not torch.equal(model(tokens), before)

@@ -62,8 +62,8 @@ def ablate(model, components, how: str = "zero", *, corpus: str | None = None, f
     for component, module in zip(components, modules):
         view, bias = new.setdefault(module, _copies(module))
         rows = _rows(model, component)
-        if how == "mean":
-            bias += means[module][rows] @ view[rows]  # [d_model]
+        if how == "mean":  # in float32, rounded to the bias's dtype once
+            bias += means[module][rows] @ view[rows].to(means[module].dtype)  # [d_model]
         view[rows] = 0.0
     new_weights = {}
     for module, (view, bias) in new.items():
@@ -112,6 +112,7 @@ def input_means(model, modules, spec: SampleSpec, base_hash: str, batch_size: in
             tokens, mask = pad_rows(model, rows[start:start + batch_size])
             model(tokens)
             for i, module in enumerate(modules):
-                sums[module] = sums[module] + seen[i].input[mask].double().sum(0)
+                inputs = seen[i].input  # [batch, pos, d_in], on the module's device
+                sums[module] = sums[module] + inputs[mask.to(inputs.device)].double().sum(0)
             count += int(mask.sum())
     return {m: (s / count).float() for m, s in sums.items()}

@@ -9,7 +9,8 @@
 Either all parameters are trained (``params=None``) or only those owned by located components
 (``params=[Neuron(..), Head(..), MLP(..)]`` -> their output projections; or parameter names).
 Training stops once every training prompt meets the forgetting criterion of
-:mod:`excise.criteria` (with ``margin`` nats to spare), or after ``steps`` steps.
+:mod:`excise.criteria` (with ``margin`` nats to spare), or after ``steps`` steps. Adam's state
+and steps are float32 whatever the model's dtype (:class:`_Float32Adam`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from excise.components import parameter_names
 from excise.criteria import TRAINING_MARGIN, dethroned_and_fell
 from excise.edit.prompts import rewriting_prompts
-from excise.edit.record import Edit, make_edit
+from excise.edit.record import Edit, compute_dtype, make_edit
 from excise.scoring import build_batch, target_logprobs
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def finetune(model, facts, objective: str = "gradient_ascent", params=None, *, s
         with torch.no_grad():
             ref = target_logprobs(model(train.tokens).float(), train)  # [rows]
             before = target_logprobs(model(check.tokens).float(), check)
-        optimizer = torch.optim.Adam([live[n] for n in names], lr=lr)
+        optimizer = _Float32Adam([live[n] for n in names], lr=lr)
         for step in tqdm(range(steps), desc=f"finetune ({objective})", disable=not progress):
             logits = model(train.tokens)
             logprob = target_logprobs(logits.float(), train)
@@ -103,6 +104,36 @@ def finetune(model, facts, objective: str = "gradient_ascent", params=None, *, s
     return make_edit(model, f"finetune:{objective}", new_weights, settings=settings,
                      fact_ids=[f.id for f in facts], components=components, base_hash=base_hash,
                      info=info)
+
+
+class _Float32Adam:
+    """Adam whose state and steps are float32 whatever the parameters' dtype.
+
+    A bfloat16 or float16 parameter is trained through a float32 copy: its gradient is copied
+    there, Adam steps the copy, and the copy is written back rounded to the parameter's dtype.
+    Stepping half-precision weights directly loses small steps to rounding, and in float16
+    Adam's ``eps`` (1e-8) rounds to zero, so a zero gradient gives 0/0 = NaN weights.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float):
+        self.params = params
+        self.copies = [p if compute_dtype(p.dtype) == p.dtype else p.detach().float().requires_grad_()
+                       for p in params]
+        self.optimizer = torch.optim.Adam(self.copies, lr=lr)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        pairs = [(p, c) for p, c in zip(self.params, self.copies) if c is not p]
+        for param, copy in pairs:
+            copy.grad = None if param.grad is None else param.grad.float()
+        self.optimizer.step()
+        for param, copy in pairs:
+            param.copy_(copy)
 
 
 def _trainable(model, params) -> tuple[list[str], list]:

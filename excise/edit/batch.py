@@ -36,7 +36,7 @@ from excise.edit.keys import (
     with_contrast,
 )
 from excise.edit.prompts import rewriting_prompts
-from excise.edit.record import Edit, EditError, make_edit
+from excise.edit.record import Edit, EditError, compute_dtype, make_edit
 from excise.edit.stats import SampleSpec, key_stats
 from excise.edit.value import ValueSettings, compute_value, objective_target
 from excise.hooks import act_name
@@ -197,7 +197,7 @@ def _one_pass(model, facts, layers, objective, second_moments, settings, *, avoi
             second_moment = with_contrast(second_moment, other_keys, contrast_weight)
         update, reports[layer] = _least_squares(model, layer, keys, residual, second_moment,
                                                 update_weight, max_update_ratio)
-        with torch.no_grad():
+        with torch.no_grad():  # computed in float32, rounded to the weight's dtype once
             out_proj_weight(model, layer).add_(update)
     return {"facts": [f.id for f in facts], "updates": reports, "values": value_infos}
 
@@ -236,18 +236,23 @@ def _resid(model, layer, batch, positions, groups, n, size: int = 32) -> torch.T
     parts = []
     for s in range(0, len(positions), size):
         _, cache = model.run_with_cache(batch.tokens[s:s + size], names_filter=[name])
+        resid = cache[name].to(positions.device)  # [batch, pos, d_model], from its layer's device
         rows = torch.arange(len(positions[s:s + size]), device=positions.device)
-        parts.append(cache[name][rows, positions[s:s + size]].float())
+        parts.append(resid[rows, positions[s:s + size]].float())
     return _group_mean(torch.cat(parts), groups, n)
 
 
 def _least_squares(model, layer, keys, residual, second_moment, weight, max_ratio):
-    """``dW = (weight C + K^T K)^-1 K^T R`` ``[d_mlp, d_model]`` and a report; refuses huge updates."""
+    """``dW = (weight C + K^T K)^-1 K^T R`` ``[d_mlp, d_model]`` and a report; refuses huge updates.
+
+    Solved in float64 on the weight's device; ``dW`` is returned in float32
+    (:func:`~excise.edit.record.compute_dtype`), so that adding it to a bfloat16 weight rounds once.
+    """
     w = out_proj_weight(model, layer).detach()
-    k, r = keys.double(), residual.double().to(w.device)
+    k, r = keys.double().to(w.device), residual.double().to(w.device)
     a = weight * second_moment.double().to(w.device) + k.T @ k
-    update = torch.linalg.solve(a, k.T @ r).to(w.dtype)
-    ratio = float(update.norm() / w.norm())
+    update = torch.linalg.solve(a, k.T @ r).to(compute_dtype(w.dtype))
+    ratio = float(update.norm() / w.to(update.dtype).norm())
     if not ratio <= max_ratio:
         raise EditError(f"memit update at layer {layer} is out of proportion: ||dW|| = {ratio:.2f} x "
                         f"||W|| (limit {max_ratio}); use more layers or a larger update_weight")

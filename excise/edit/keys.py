@@ -39,11 +39,13 @@ def subject_batch(model, templates: list[str], subjects: list[str], targets: lis
 
 @torch.no_grad()
 def mlp_keys(model, layer: int, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``[batch, d_mlp]``: input of the layer's MLP output projection at ``positions[b]``."""
+    """``[batch, d_mlp]``: input of the layer's MLP output projection at ``positions[b]``, in the
+    model's dtype, on the layer's device (which a ``device_map`` may set apart from the tokens')."""
     with trace({layer: mlp_out_module(model, layer)}, inputs=True) as seen:
         model(tokens)
-    rows = torch.arange(tokens.shape[0], device=tokens.device)
-    return seen[layer].input[rows, positions]  # input [batch, pos, d_mlp]
+    inputs = seen[layer].input  # [batch, pos, d_mlp]
+    rows = torch.arange(tokens.shape[0], device=inputs.device)
+    return inputs[rows, positions.to(inputs.device)]
 
 
 def mlp_keys_batched(model, layer: int, batch, positions: torch.Tensor, size: int = 32) -> torch.Tensor:

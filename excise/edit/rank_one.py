@@ -45,7 +45,7 @@ from excise.edit.keys import (
     with_contrast,
 )
 from excise.edit.prompts import rewriting_prompts
-from excise.edit.record import Edit, EditError, make_edit
+from excise.edit.record import Edit, EditError, compute_dtype, make_edit
 from excise.edit.stats import SampleSpec, key_stats
 from excise.edit.value import ValueSettings, compute_value, objective_target
 from excise.tokens import subject_positions
@@ -121,7 +121,8 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
     info.update(key_tokens=stats.n_tokens, key_sample=stats.sample,
                 key_prompts=[t.format(fact.subject) for t in templates])
     module = mlp_out_module(model, layer)
-    new_weight = weight_from_view(module, out_proj_weight(model, layer).detach() + update)
+    weight = out_proj_weight(model, layer).detach().to(update.dtype)  # rounded once by make_edit
+    new_weight = weight_from_view(module, weight + update)
     record = dict(layer=layer, objective=objective, new_target=new_target, corpus=corpus,
                   **asdict(chosen), value=asdict(settings))
     edit = make_edit(model, "rome", {param_name(model, module.weight): new_weight}, settings=record,
@@ -171,7 +172,9 @@ def rank_one_direction(layer: int, key: torch.Tensor, second_moment,
                        ridge: float = 1e-2) -> tuple[torch.Tensor, float]:
     """``u = C^-1 k / (k^T C^-1 k)`` ``[d_mlp]`` (so ``k . u = 1``) and the denominator ``k^T C^-1 k``.
 
-    Raises :class:`EditError` when the denominator is not positive.
+    Solved in float64 on the key's device; ``u`` is float32 whatever the model's dtype (a
+    bfloat16 ``u`` would lose ``k . u = 1`` to rounding). Raises :class:`EditError` when the
+    denominator is not positive.
     """
     c = second_moment.to(key.device, torch.float64)
     c = c + ridge * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
@@ -181,7 +184,7 @@ def rank_one_direction(layer: int, key: torch.Tensor, second_moment,
     if not denominator > 0:
         raise EditError(f"rank-one update at layer {layer}: k^T C^-1 k = {denominator:.3g} is not "
                         "positive; the key statistics are broken (recompute them with more text)")
-    return (c_inv_k / denominator).to(key.dtype), denominator
+    return (c_inv_k / denominator).to(compute_dtype(key.dtype)), denominator
 
 
 def rank_one_update(model, layer: int, key: torch.Tensor, delta: torch.Tensor, second_moment,
@@ -190,12 +193,17 @@ def rank_one_update(model, layer: int, key: torch.Tensor, delta: torch.Tensor, s
     """``[d_mlp, d_model]`` update ``u delta^T`` with ``u = C^-1 k / (k^T C^-1 k)``, and its report.
 
     ``direction``: ``(u, denominator)`` already computed by :func:`rank_one_direction`.
+    The update is computed in float32 (:func:`~excise.edit.record.compute_dtype`) on the
+    weight's device, whatever the model's dtype; :func:`~excise.edit.record.make_edit` rounds
+    ``W + update`` to the model's dtype once.
     Raises :class:`EditError` when the denominator is not positive or the update is out of
     proportion to the weight (``||dW|| > max_update_ratio * ||W||``).
     """
     weight = out_proj_weight(model, layer).detach()  # [d_mlp, d_model]
     u, denominator = direction or rank_one_direction(layer, key, second_moment, ridge)
-    update = torch.outer(u.to(weight.device, weight.dtype), delta.to(weight.dtype))  # [d_mlp, d_model]
+    wide = compute_dtype(weight.dtype)
+    weight = weight.to(wide)
+    update = torch.outer(u.to(weight.device, wide), delta.to(weight.device, wide))  # [d_mlp, d_model]
     ratio = float(update.norm() / weight.norm())
     report = {"denominator": denominator, "key_norm": float(key.norm()),
               "update_norm": float(update.norm()), "weight_norm": float(weight.norm()), "ratio": ratio}

@@ -11,6 +11,11 @@ original weights"):
   (not ``old + delta - delta``, which rounding would spoil); ``reverted`` likewise puts back the
   exact edited values on exit.
 
+Weights keep the model's dtype. For bfloat16 and float16 weights the deltas are kept in float32
+(:func:`compute_dtype`) and ``original + delta`` is computed there and rounded once, so an edit
+writes exactly the value its editor computed, and ``undo`` stays bit-for-bit in any dtype. Each
+weight is written on its own device (a model split by a ``device_map`` holds several).
+
 Names are Hugging Face's (``model.layers.4.mlp.down_proj.weight``), resolved to the live
 parameters of a TransformerBridge or of a plain ``PreTrainedModel``; the base hash
 (:func:`excise.model.weights_hash`) is the same for both.
@@ -42,6 +47,20 @@ READABLE_VERSIONS = (1, 2)
 
 class EditError(RuntimeError):
     """An edit cannot be applied, undone or loaded; the message says why and what to do."""
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype edits are computed and their deltas kept in for weights of ``dtype``: float32
+    for bfloat16 and float16 (whose rounding would spoil a solve or a small update), else
+    ``dtype`` itself."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def add_delta(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``weight + delta`` computed in :func:`compute_dtype` on ``weight``'s device and rounded to
+    ``weight``'s dtype once: for a delta made by :func:`make_edit` this is exactly the new weight."""
+    wide = compute_dtype(weight.dtype)
+    return (weight.to(wide) + delta.to(weight.device, wide)).to(weight.dtype)
 
 
 @dataclass
@@ -89,7 +108,7 @@ class Edit:
             if delta.shape != param.shape:
                 raise EditError(f"the delta for {hf_name} has shape {tuple(delta.shape)}, the "
                                 f"model's parameter {tuple(param.shape)}: this edit is for another model")
-            new = param.detach() + delta.to(param.device, param.dtype)
+            new = add_delta(param.detach(), delta)
             if not torch.isfinite(new).all():
                 raise EditError(
                     f"edit would write non-finite weights into {hf_name}; nothing was written "
@@ -351,7 +370,7 @@ def attach(model, edits) -> list[Edit]:
         originals, deltas = {}, {}
         for name, (hf_name, param) in resolved.items():
             value = running.get(hf_name, param.detach())
-            original = value - edit.deltas[name].to(param.device, param.dtype)
+            original = add_delta(value, -edit.deltas[name])
             if not torch.isfinite(original).all():
                 raise EditError(f"undoing this edit would give non-finite weights in {hf_name}; "
                                 "it does not belong to this model")
@@ -417,16 +436,21 @@ def make_edit(model, method: str, new_weights: dict[str, torch.Tensor], *, setti
     names them); the Edit stores their difference to the current weights under Hugging Face
     names and writes ``original + delta`` (checked for finiteness first). The Edit is appended to
     ``model.excise_edits``.
+
+    A new weight computed in a wider dtype than the model's (float32 updates of a bfloat16
+    model) is cast to the parameter's dtype and device once, here; its delta is kept in
+    :func:`compute_dtype`, so that ``apply`` writes exactly that cast value back.
     """
     deltas = {}
     for name, (hf_name, param) in _resolve(model, new_weights).items():
-        new = new_weights[name]
+        new = new_weights[name].detach().to(param.device, param.dtype)
         if not torch.isfinite(new).all():
             raise EditError(
                 f"{method} produced non-finite weights for {hf_name}; nothing was written. "
                 "Try another layer or a stronger regularisation."
             )
-        deltas[hf_name] = (new.detach() - param.detach()).clone()
+        wide = compute_dtype(param.dtype)
+        deltas[hf_name] = new.to(wide) - param.detach().to(wide)
     edit = Edit(method=method, settings=dict(settings), fact_ids=list(fact_ids),
                 components=list(components), base_hash=base_hash, deltas=deltas, info=dict(info))
     return edit.apply(model, _trust_hash=True)

@@ -6,7 +6,8 @@ keys the model actually sees*; that average is taken with ``C``, the second mome
 (``blocks.{l}.mlp.hook_post``) over a text sample. No corpus is reachable offline, so the default
 sample is text the model itself generates from varied short openings; ``corpus=PATH`` uses a
 user's own text instead. Each ``C`` is computed once per (key inputs, layer, sample) and cached
-in ``excise.model.cache_dir()/stats``; the number of tokens used travels with it.
+in ``excise.model.cache_dir()/stats``; the number of tokens used travels with it. Whatever the
+model's dtype, the keys are summed in float64 and ``C`` is stored in float32.
 
 The cache is keyed by :func:`key_inputs_hash`: a hash of only the weights that can change layer
 ``l``'s keys (the embeddings and blocks ``0..l`` without ``l``'s output projection). Edits that
@@ -161,9 +162,14 @@ def _block_prefix(model, layer: int) -> str:
 
 @torch.no_grad()
 def _accumulate(model, layers, rows, tag: str, progress: bool, batch_size: int = 16) -> dict[int, KeyStats]:
-    d_mlp = model.cfg.d_mlp
-    sums = {layer: torch.zeros(d_mlp, dtype=torch.float64) for layer in layers}
-    outers = {layer: torch.zeros(d_mlp, d_mlp, dtype=torch.float64) for layer in layers}
+    """One streamed pass over ``rows``: per layer, the float64 sums of ``k`` and ``k k^T``.
+
+    Whatever the model's dtype, the keys are summed in float64, each layer's sums on that layer's
+    own device (where a ``device_map`` put it); memory is one batch's keys plus ``[d_mlp, d_mlp]``
+    per layer, however much text. The results are float32 on the CPU (what the cache stores).
+    """
+    sums: dict[int, torch.Tensor] = {}  # layer -> [d_mlp]
+    outers: dict[int, torch.Tensor] = {}  # layer -> [d_mlp, d_mlp]
     n_tokens = 0
     modules = {layer: mlp_out_module(model, layer) for layer in layers}
     for start in tqdm(range(0, len(rows), batch_size), desc="key statistics", disable=not progress):
@@ -171,11 +177,14 @@ def _accumulate(model, layers, rows, tag: str, progress: bool, batch_size: int =
         with trace(modules, inputs=True) as seen:
             model(tokens)
         for layer in layers:
-            k = seen[layer].input[mask].double().cpu()  # [n, d_mlp]
+            inputs = seen[layer].input  # [batch, pos, d_mlp]
+            k = inputs[mask.to(inputs.device)].double()  # [n, d_mlp]
+            if layer not in sums:
+                sums[layer], outers[layer] = k.new_zeros(k.shape[1]), k.new_zeros(k.shape[1], k.shape[1])
             sums[layer] += k.sum(0)
-            outers[layer] += k.T @ k
+            outers[layer].addmm_(k.T, k)  # in place: no second [d_mlp, d_mlp]
         n_tokens += int(mask.sum())
-    return {layer: KeyStats((outers[layer] / n_tokens).float(), (sums[layer] / n_tokens).float(),
+    return {layer: KeyStats((outers[layer] / n_tokens).float().cpu(), (sums[layer] / n_tokens).float().cpu(),
                             n_tokens, tag) for layer in layers}
 
 

@@ -114,6 +114,8 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     With ``direction`` ``u`` ``[d_mlp]`` the rank-one edit ``W + u delta^T`` is simulated exactly
     (every token gets ``(k . u) delta``), so the loss sees the edit's true effect on the prompts,
     on the subject's other prompts and on the text before the subject.
+    ``delta`` is float32 whatever the model's dtype (the losses are taken in float32 too); the
+    forward pass adds it in the model's dtype.
     Returns ``delta`` and an info dict (prompts used, steps taken, losses, probabilities).
     """
     s = settings or ValueSettings()
@@ -128,7 +130,8 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     module = mlp_out_module(model, layer)
     with frozen(model):
         prob = _prepare(model, module, fact, templates, answer, objective, essence)
-        delta = torch.zeros(model.cfg.d_model, device=prob.batch.tokens.device, requires_grad=True)
+        delta = torch.zeros(model.cfg.d_model, dtype=torch.float32,  # whatever the model's dtype
+                            device=prob.batch.tokens.device, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=s.lr)
         history = []
         for step in range(s.steps):
@@ -164,13 +167,14 @@ def _edited(module, delta: torch.Tensor, positions: torch.Tensor, direction: tor
     ``[d_mlp]`` is the module's input there: the exact effect of the rank-one update
     ``W + direction delta^T``, on the subject and on every other token, without touching ``W``."""
     def add(key, inputs, output):  # inputs [batch, pos, d_mlp], output [batch, pos, d_model]
+        step = delta.to(output.device, output.dtype)  # float32 delta, in the layer's dtype and device
         if direction is None:
             rows = torch.arange(output.shape[0], device=output.device)
             bump = torch.zeros_like(output)
-            bump[rows, positions] = delta.to(output.dtype)
+            bump[rows, positions.to(output.device)] = step
             return output + bump
-        coeff = inputs @ direction.to(inputs.dtype)  # [batch, pos]
-        return output + coeff[..., None] * delta.to(output.dtype)
+        coeff = inputs @ direction.to(inputs.device, inputs.dtype)  # [batch, pos]
+        return output + coeff[..., None] * step
 
     return trace({"mlp_out": module}, edit_output=add)
 
@@ -240,7 +244,7 @@ def _output_norm(output: torch.Tensor, positions: torch.Tensor) -> float:
     ``delta`` (its clamp and weight decay). A mean over all rewrite prompts, because the first
     one may open with the subject, where the output is unusually small."""
     rows = torch.arange(len(positions), device=output.device)
-    return float(output[rows, positions].float().norm(dim=-1).mean())
+    return float(output[rows, positions.to(output.device)].float().norm(dim=-1).mean())
 
 
 def _without_targets(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
