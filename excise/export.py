@@ -105,18 +105,32 @@ def plain_state_dict(model) -> dict[str, torch.Tensor]:
     return {name: tensor.detach() for name, tensor in hf_tensors(model).items()}
 
 
-def plain_hf_model(model):
-    """A fresh, unwrapped Hugging Face model with ``model``'s current weights (a copy).
+def plain_hf_model(model, share_weights: bool = False):
+    """A fresh, unwrapped Hugging Face model with ``model``'s current weights.
 
-    Used to save edited models and to generate text with a KV cache (generation through the
-    bridge-wrapped modules does not use the cache correctly).
+    Used to save edited models (a copy) and to generate text with a KV cache (generation through
+    the bridge-wrapped modules does not use the cache correctly). With ``share_weights`` its
+    parameters *are* the live tensors (built without weights of its own, then assigned): no
+    second copy of the model in memory, and it sees every later write to the weights; use it
+    only for inference.
     """
     from transformers import AutoModelForCausalLM
 
     hf = _hf_model(model)
-    fresh = AutoModelForCausalLM.from_config(hf.config, dtype=next(hf.parameters()).dtype)
-    fresh.load_state_dict(plain_state_dict(model), strict=True)
-    fresh.to(next(hf.parameters()).device)
+    dtype = next(hf.parameters()).dtype
+    if not share_weights:
+        fresh = AutoModelForCausalLM.from_config(hf.config, dtype=dtype)
+        fresh.load_state_dict(plain_state_dict(model), strict=True)
+        fresh.to(next(hf.parameters()).device)
+        return fresh.eval()
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):  # parameters on "meta": nothing allocated
+        fresh = AutoModelForCausalLM.from_config(hf.config, dtype=dtype)
+    fresh.load_state_dict(plain_state_dict(model), strict=True, assign=True)
+    devices = {t.device for t in hf.parameters()}
+    if len(devices) == 1:  # buffers (rotary frequencies) join the weights; nothing is copied
+        fresh.to(devices.pop())
     return fresh.eval()
 
 

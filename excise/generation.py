@@ -50,12 +50,12 @@ def generate(model, prompts: list[str], max_new_tokens: int = 20, sample: bool |
 def sample_texts(model, openings: list[str], length: int, seed: int = 0, batch_size: int = 32) -> list[str]:
     """Texts of ``length`` new tokens sampled (top-k 50) after each opening, opening included.
 
-    Runs on a plain Hugging Face copy of the weights with a KV cache; the global random state is
+    Runs on a plain Hugging Face model sharing the weights, with a KV cache; the global random state is
     restored afterwards, so sampling here does not change the caller's random numbers.
     """
     from excise.export import plain_hf_model
 
-    plain = plain_hf_model(model)
+    plain = plain_hf_model(model, share_weights=True)
     tokenizer = model.tokenizer
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -112,7 +112,7 @@ def sample_continuations(model, prompts: list[str], max_new_tokens: int, tempera
                         temperature=list(temperature))
     from excise.export import plain_hf_model
 
-    plain = plain_hf_model(model)
+    plain = plain_hf_model(model, share_weights=True)
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     out = [""] * len(prompts)
     state = torch.random.get_rng_state()

@@ -85,3 +85,25 @@ def test_forget_cli_memit_takes_its_last_layer_and_passes(tiny_folders, tmp_path
     zero = ["forget", "--facts", str(facts), "--model", str(tiny_folders["llama"]), "--method",
             "memit", "--passes", "0", "--save", str(tmp_path / "none")]
     assert main(zero) == 2
+
+
+def test_plain_model_for_generation_shares_the_weights(tiny):
+    """``share_weights=True`` builds the plain model around the live tensors (no second copy of
+    the model) and generates exactly what the copy does; a later write shows in it."""
+    from excise.export import hf_tensors, plain_hf_model
+
+    shared, copied = plain_hf_model(tiny, share_weights=True), plain_hf_model(tiny)
+    live = {t.data_ptr() for t in hf_tensors(tiny).values()}
+    assert all(p.data_ptr() in live for p in shared.parameters())
+    assert not any(p.data_ptr() in live for p in copied.parameters())
+    tokens = tiny.to_tokens("The capital of France is")
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=tiny.tokenizer.eos_token_id)
+    with torch.no_grad():
+        assert torch.equal(shared.generate(tokens, **kwargs), copied.generate(tokens, **kwargs))
+        name, weight = next(iter(hf_tensors(tiny).items()))
+        original = weight.clone()
+        weight.add_(1.0)
+        try:
+            assert torch.equal(shared.state_dict()[name], weight)
+        finally:
+            weight.copy_(original)
