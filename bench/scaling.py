@@ -72,7 +72,7 @@ def peak_mb() -> float:
 
 def run_step(shape: str, step: str, args) -> dict:
     """Build the model, run one step, return its seconds and peak memory above the built model."""
-    from excise.edit.rank_one import default_layer
+    from excise.edit.rank_one import default_layer, rome
     from excise.edit.stats import SampleSpec, key_stats
     from excise.edit.value import ValueSettings
     from excise.facts import Fact
@@ -90,26 +90,13 @@ def run_step(shape: str, step: str, args) -> dict:
     if step == "stats":
         key_stats(model, [layer], spec, progress=False)
     elif step == "rome":  # "replace" on a random model runs every value step
-        rome_with_sample(model, fact, ValueSettings(steps=args.value_steps), spec)
+        rome(model, fact, objective="replace", new_target=" Rome",
+             settings=ValueSettings(steps=args.value_steps), sample=spec, progress=False)
     else:
         causal_trace(model, fact, site="mlp", samples=args.trace_samples, progress=False)
     seconds = time.perf_counter() - start
     return {"shape": shape, "step": step, "params": n_params, "seconds": seconds,
             "peak_mb": max(0.0, peak_mb() - built), "model_mb": built}
-
-
-def rome_with_sample(model, fact, settings, spec):
-    """``rome`` (objective "replace") reading the key statistics of ``spec``, the bench's shorter
-    text sample, which ``rome`` has no argument for (it takes a corpus file or its default)."""
-    from excise.edit import rank_one
-
-    original = rank_one.SampleSpec
-    rank_one.SampleSpec = lambda corpus=None: spec
-    try:
-        return rank_one.rome(model, fact, objective="replace", new_target=" Rome", settings=settings,
-                             progress=False)
-    finally:
-        rank_one.SampleSpec = original
 
 
 def growth(rows: list[dict], key: str) -> float:

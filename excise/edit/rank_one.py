@@ -79,7 +79,8 @@ def default_layer(model) -> int:
 
 
 def rome(model, fact, layer=None, objective: str = "forget", new_target: str | None = None, *,
-         corpus: str | None = None, ridge: float = 1e-2, max_update_ratio: float = 1.0,
+         corpus: str | None = None, sample: SampleSpec | None = None, ridge: float = 1e-2,
+         max_update_ratio: float = 1.0,
          contrast: int = CONTRAST_SUBJECTS,
          contrast_weight: float = CONTRAST_WEIGHT, contrast_avoid=(),
          settings: ValueSettings | None = None, progress: bool = True) -> Edit:
@@ -91,6 +92,8 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
             :meth:`~excise.locate.Localization.edit_layer`), or None for :func:`default_layer`.
         objective: "forget" (drive the target down) or "replace" (make ``new_target`` the answer).
         corpus: a text file for the key statistics (default: text the model generates).
+        sample: the whole :class:`~excise.edit.stats.SampleSpec` of the key statistics instead
+            (how many sequences of how many tokens; its own ``corpus``).
         ridge, max_update_ratio, contrast, contrast_weight: see :class:`RomeSettings`.
         contrast_avoid: other facts whose subjects and probes the contrast keys must not use
             (the rest of a sequence of edits, so that their probes stay held out).
@@ -107,7 +110,8 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
     info = {}
     layer, info["layer_choice"] = _resolve_layer(model, layer)
     settings = settings or ValueSettings()
-    stats = key_stats(model, [layer], SampleSpec(corpus=corpus), progress, base_hash)[layer]
+    sample = sample or SampleSpec(corpus=corpus)
+    stats = key_stats(model, [layer], sample, progress, base_hash)[layer]
     templates = rewriting_prompts(model, fact.prompt, settings.n_prefixes)
     key = balanced_key(model, layer, templates, fact.subject)
     others, subjects = contrast_keys(model, layer, fact, chosen.contrast, contrast_avoid)
@@ -123,7 +127,7 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
     module = mlp_out_module(model, layer)
     weight = out_proj_weight(model, layer).detach().to(update.dtype)  # rounded once by make_edit
     new_weight = weight_from_view(module, weight + update)
-    record = dict(layer=layer, objective=objective, new_target=new_target, corpus=corpus,
+    record = dict(layer=layer, objective=objective, new_target=new_target, corpus=sample.corpus,
                   **asdict(chosen), value=asdict(settings))
     edit = make_edit(model, "rome", {param_name(model, module.weight): new_weight}, settings=record,
                      fact_ids=[fact.id], components=[MLP(layer)], base_hash=base_hash, info=info)
