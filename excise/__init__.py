@@ -36,6 +36,8 @@ _EXPORTS = {
     "ablate": "excise.edit.ablation",
     "run_demo": "excise.commands.workflows",
     "explore": "excise.commands.explore",
+    "cancel_on": "excise.interrupt",
+    "Cancelled": "excise.interrupt",
 }
 _SUBMODULES = ("locate", "edit", "verify")
 """``excise.verify`` is the verify stage and, called, :func:`excise.verify.verify`."""

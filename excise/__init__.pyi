@@ -21,6 +21,8 @@ from excise.facts import Fact as Fact
 from excise.facts import Probe as Probe
 from excise.facts import load_facts as load_facts
 from excise.facts import write_facts as write_facts
+from excise.interrupt import Cancelled as Cancelled
+from excise.interrupt import cancel_on as cancel_on
 from excise.locate.localization import Localization as Localization
 from excise.locate.trace import causal_trace as causal_trace
 from excise.model import load_model as load_model

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from excise.facts import Fact
+from excise.interrupt import checkpoint
 from excise.scoring import score_targets
 
 
@@ -32,6 +33,7 @@ def check_facts(model, facts: list[Fact], batch_size: int = 32, progress: bool =
             owner.append(i)
     ranks, probs, known = [], [], []
     for start in tqdm(range(0, len(prompts), batch_size), desc="facts check", disable=not progress):
+        checkpoint("a batch of the facts check")
         scores = score_targets(model, prompts[start:start + batch_size], targets[start:start + batch_size],
                                batch_size=batch_size)
         ranks += scores.rank.tolist()

@@ -137,6 +137,29 @@ def test_cancel_during_a_step_leaves_the_weights_unchanged(explorer, tiny, monke
     assert not explorer.apply_button.disabled and explorer.cancel_button.disabled
 
 
+def test_cancel_inside_the_editor_stops_its_optimisation(explorer, tiny, monkeypatch):
+    """Cancel is clicked during rome's second value-optimisation step: the editor stops there
+    (no third step) instead of finishing its call, and nothing is written."""
+    from excise.edit import value
+
+    original = weights(tiny)
+    steps = []
+
+    def loss_then_cancel(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 2:
+            explorer.cancel_button.click()
+        return real_loss(*args, **kwargs)
+
+    real_loss = value._loss
+    monkeypatch.setattr(value, "_loss", loss_then_cancel)
+    explorer.editor_options["rome"] = {"settings": ValueSettings(n_prefixes=2, steps=20)}
+    explorer.apply_button.click()
+    assert "cancelled" in explorer.message and not explorer.failed
+    assert len(steps) == 2
+    assert explorer.edit is None and unchanged(tiny, original) and not getattr(tiny, "excise_edits", [])
+
+
 def test_cancel_from_the_page_while_a_background_job_runs(explorer, tiny):
     original = weights(tiny)
     explorer.background = True

@@ -11,7 +11,9 @@ before and after, and the before/after circuit figures of verification. **Undo**
 weights bit for bit.
 
 Long jobs run in a background thread, so that the **Cancel** button stays live; a progress bar
-counts their steps and cancellation is checked between steps. An edit is computed first and
+counts their steps. Cancellation is checked between those steps and inside them, at each
+checkpoint of the work they call (:mod:`excise.interrupt`: a value-optimisation or fine-tuning
+step, a traced layer, a batch of key statistics). An edit is computed first and
 written last: the editor's Edit is undone as soon as the editor returns it, "before" is measured
 on the untouched weights, and only then is the Edit applied for the "after" measurements. A
 cancel or an error at any step undoes it, so the model is never left half-edited. The buttons
@@ -45,6 +47,7 @@ from excise.edit.rank_one import default_layer
 from excise.edit.record import EditError
 from excise.facts import Fact, load_facts
 from excise.generation import generate
+from excise.interrupt import Cancelled, cancel_on, checkpoint
 from excise.locate.dla import direct_logit_attribution
 from excise.locate.trace import SITES, causal_trace
 from excise.verify.circuits import pair_states, trace_facts
@@ -54,14 +57,11 @@ log = logging.getLogger(__name__)
 
 # -- jobs: progress and cancellation -------------------------------------------------------------
 
-class Cancelled(Exception):
-    """The user cancelled the running job; raised before its next step starts."""
-
-
 @contextmanager
 def _progress(name: str, total: int, cancel: threading.Event, box):
     """Count a job's ``total`` steps on a tqdm bar shown in ``box``; yields ``step(label)``,
-    which starts the next step, or raises :class:`Cancelled` once ``cancel`` is set."""
+    which starts the next step, or raises :class:`~excise.interrupt.Cancelled` once ``cancel``
+    is set."""
     from tqdm.notebook import tqdm
 
     bar = tqdm(total=total, desc=name, display=False)
@@ -69,8 +69,7 @@ def _progress(name: str, total: int, cancel: threading.Event, box):
     started = []
 
     def step(label: str) -> None:
-        if cancel.is_set():
-            raise Cancelled(label)
+        checkpoint(label)
         if started:
             bar.update(1)
         started.append(label)
@@ -239,8 +238,8 @@ class Explorer:
     def _on_cancel(self, _button) -> None:
         self.cancel.set()
         if self._busy:
-            self._say("cancelling: the job stops after its current step and leaves the model as "
-                      "it was")
+            self._say("cancelling: the job stops at its next step (a value-optimisation or "
+                      "fine-tuning step, a traced layer) and leaves the model as it was")
 
     def current_fact(self) -> Fact:
         """The fact in the fields: the chosen bundled fact (with all its probes) while the fields
@@ -273,7 +272,8 @@ class Explorer:
         try:
             with warnings.catch_warnings(record=True) as caught:  # process-wide while it runs
                 warnings.simplefilter("always")
-                message = work()
+                with cancel_on(self.cancel):  # editors, traces: checked at each of their steps
+                    message = work()
             self._say("; note: ".join([message, *_excise_notes(caught)[:1]]))
         except Cancelled:
             self._say(f"{job} cancelled; the model's weights are as they were before it")

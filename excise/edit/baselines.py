@@ -25,6 +25,7 @@ from excise.components import parameter_names
 from excise.criteria import TRAINING_MARGIN, dethroned_and_fell
 from excise.edit.prompts import rewriting_prompts
 from excise.edit.record import Edit, compute_dtype, make_edit
+from excise.interrupt import checkpoint
 from excise.scoring import build_batch, target_logprobs
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def finetune(model, facts, objective: str = "gradient_ascent", params=None, *, s
             before = target_logprobs(model(check.tokens).float(), check)
         optimizer = _Float32Adam([live[n] for n in names], lr=lr)
         for step in tqdm(range(steps), desc=f"finetune ({objective})", disable=not progress):
+            checkpoint("a fine-tuning step")
             logits = model(train.tokens)
             logprob = target_logprobs(logits.float(), train)
             done = _forgotten(model, logits, check, before, margin, objective, train)

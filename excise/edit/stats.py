@@ -30,6 +30,7 @@ from excise.components import mlp_out_module
 from excise.edit.prompts import openings
 from excise.generation import sample_texts
 from excise.hooks import trace
+from excise.interrupt import checkpoint
 from excise.tokens import encode_prompt, pad_rows
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ def _accumulate(model, layers, rows, tag: str, progress: bool, batch_size: int =
     n_tokens = 0
     modules = {layer: mlp_out_module(model, layer) for layer in layers}
     for start in tqdm(range(0, len(rows), batch_size), desc="key statistics", disable=not progress):
+        checkpoint("a batch of key statistics")
         tokens, mask = pad_rows(model, rows[start:start + batch_size])
         with trace(modules, inputs=True) as seen:
             model(tokens)

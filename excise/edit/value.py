@@ -39,6 +39,7 @@ from excise.edit.keys import subject_batch
 from excise.edit.prompts import fact_templates
 from excise.edit.subject_probes import subject_probes
 from excise.hooks import trace
+from excise.interrupt import checkpoint
 from excise.scoring import target_logprobs
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
         optimizer = torch.optim.Adam([delta], lr=s.lr)
         history = []
         for step in range(s.steps):
+            checkpoint("a value-optimisation step")
             with _edited(module, delta, prob.positions, direction):
                 logits = model(prob.batch.tokens)
             loss, done, seq, record = _loss(logits, prob, objective, s, delta,

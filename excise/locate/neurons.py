@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from excise.components import Neuron
 from excise.hooks import act_name, retain_grad_into
+from excise.interrupt import checkpoint
 from excise.locate._inputs import fact_tokens, warn_if_unknown
 from excise.locate._runner import Runner
 from excise.locate.localization import Localization
@@ -41,6 +42,7 @@ def knowledge_neurons(model, fact, steps: int = 20, progress: bool = True) -> Lo
     alphas = torch.arange(1, steps + 1, dtype=torch.float32, device=model.cfg.device) / steps
     scores = []
     for layer in tqdm(range(n_layers), desc="knowledge neurons", disable=not progress):
+        checkpoint(f"knowledge neurons of layer {layer}")
         base = runner.cache[post[layer]][0, last]  # [d_mlp]
         scaled = (alphas[:, None] * base).detach().requires_grad_(True)  # [steps, d_mlp]
 

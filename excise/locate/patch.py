@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from excise.components import Head, Neuron
 from excise.hooks import AXIS, SITES, act_name, site_name
+from excise.interrupt import checkpoint
 from excise.locate._inputs import differing, pair_tokens
 from excise.locate._runner import Runner, chunks, rows_per_chunk
 from excise.locate.localization import Localization
@@ -149,7 +150,11 @@ def patch_with(setup: PatchSetup, site: str, components=None, progress: bool = T
             for layer in layers]
     with tqdm(total=sum(n for _, n, _ in jobs), desc=f"activation patch ({site})", disable=not progress,
               unit="run") as bar:
-        results = setup.run_layers(jobs, on_batch=bar.update)
+        def advance(n_runs: int) -> None:
+            bar.update(n_runs)
+            checkpoint("the next activation-patching batch")
+
+        results = setup.run_layers(jobs, on_batch=advance)
     for layer, result in zip(layers, results):
         scores[layer, torch.tensor(wanted[layer])] = result
     axis = AXIS[site]

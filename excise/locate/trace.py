@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from excise.hooks import act_name, site_name
+from excise.interrupt import checkpoint
 from excise.locate._inputs import fact_tokens, warn_if_unknown
 from excise.locate._runner import Runner, chunks, rows_per_chunk
 from excise.locate.localization import Localization
@@ -71,6 +72,7 @@ def causal_trace(model, fact, site: str = "resid", samples: int = 10, noise: flo
     _warn_if_slow(time.perf_counter() - started, n_layers * len(positions), pos, site)
     with torch.no_grad():
         for layer in tqdm(range(n_layers), desc=f"causal trace ({site})", disable=not progress):
+            checkpoint(f"tracing layer {layer}")
             probs = _restore_layer(clean, corrupted, ft, site, layer, positions, samples, window)
             scores[layer, first:] = probs
     log.info("causal trace %s: clean %.4f corrupted %.4f", site, clean_score, corrupted_score)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from excise.comparison import Comparison, fact_pairs, score_groups
 from excise.facts import Fact, Probe
+from excise.interrupt import checkpoint
 from excise.scoring import Scores
 from excise.verify import outcome
 from excise.verify.paper_metrics import new_target_scores, paper_metrics
@@ -164,6 +165,7 @@ class _Step:
         self.bar, self.state, self.timings = bar, state, timings
 
     def __call__(self, name: str, fn, *args, **kwargs):
+        checkpoint(f"{self.state}: {name}")
         self.bar.set_postfix_str(f"{self.state}: {name}")
         start = time.perf_counter()
         try:

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from excise.facts import Probe
+from excise.interrupt import checkpoint
 from excise.scoring import build_batch, score_targets, target_logprobs
 from excise.verify.control import control_explains, control_probes
 from excise.verify.outcome import ProbeOutcome, Scored, judge_scored, returns
@@ -112,6 +113,7 @@ def train_and_watch(model, params: list[torch.nn.Parameter], train, watch, steps
     record(0)
     with torch.enable_grad():
         for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress):
+            checkpoint("a relearning step")
             optimizer.zero_grad(set_to_none=True)
             loss = -target_logprobs(model(batch.tokens).float(), batch).mean()
             loss.backward()
