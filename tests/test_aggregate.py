@@ -184,3 +184,57 @@ def test_robustness_bars():
     fig, caption = figures.robustness_bars(rows)
     assert_figure_labelled(fig, caption, legend_entries=2)
     assert list(fig.data[0].x) == ["relearn", "quantization"] and fig.data[0].y[1] is None
+
+
+def robustness_rows() -> list[dict]:
+    """Rows in the format of ``bench/robustness.py --json``."""
+    return [{"editor": e, "split": "tune", "n": 8, "forgotten": {"hits": 8, "total": 8, "rate": 1.0},
+             "columns": {"relearn": {"hits": h, "total": 8, "rate": h / 8},
+                         "quantization": {"hits": 0, "total": 0, "rate": None}}}
+            for e, h in (("rome", 2), ("memit", 4))]
+
+
+def test_bench_rows_as_tidy_and_wide_dataframes(tmp_path):
+    pytest.importorskip("pandas")
+    from excise.commands.bench_tables import bench_dataframe
+
+    path = tmp_path / "forget_quality.json"
+    path.write_text(json.dumps({"about": {}, "rows": bench_rows()}))
+    tidy = bench_dataframe(path)
+    n_measures = len(figures.FORGET_COLUMNS) + len(figures.KEEP_COLUMNS)
+    assert len(tidy) == 6 * n_measures
+    cell = tidy[(tidy.method == "rome") & (tidy.split == "tune") & (tidy.measure == "efficacy")].iloc[0]
+    assert (cell.hits, cell.total, cell.rate) == (19, 20, 0.95) and cell.low < 0.95 < cell.high
+    assert cell.perplexity_change == 0.002 and cell.seconds_per_edit == 3.0
+    wide = bench_dataframe(path, wide=True)
+    assert len(wide) == 6 and list(wide.columns[:4]) == ["method", "split", "n", "efficacy"]
+    assert wide.loc[wide.method == "finetune-ga(all)", "efficacy"].tolist() == [0.6, 0.6]
+    assert "seconds_per_edit" in wide.columns
+
+    robust = bench_dataframe(robustness_rows())
+    assert list(robust.measure[:3]) == ["forgotten", "relearn", "quantization"]
+    assert robust.rate.isna().sum() == 2  # no informative facts: no rate, not 0%
+
+
+def test_bench_dataframe_says_what_is_wrong(tmp_path):
+    pytest.importorskip("pandas")
+    from excise.commands.bench_tables import bench_dataframe
+
+    with pytest.raises(FileNotFoundError, match="--json"):
+        bench_dataframe(tmp_path / "missing.json")
+    (tmp_path / "other.json").write_text('{"rows": 3}')
+    with pytest.raises(ValueError, match="not a bench result"):
+        bench_dataframe(tmp_path / "other.json")
+
+
+def test_traces_as_a_tidy_dataframe():
+    pytest.importorskip("pandas")
+    from excise.commands.bench_tables import traces_dataframe
+
+    records = fake_records(3)
+    frame = traces_dataframe(records)
+    assert len(frame) == 3 * len(aggregate.SITES) * len(aggregate.CATEGORIES) * 12
+    row = frame[(frame.fact == "fact-1") & (frame.site == "mlp") & (frame.category == "last token")
+                & (frame.layer == 4)].iloc[0]
+    mlp = next(r for r in records if r["fact"] == "fact-1" and r["site"] == "mlp")
+    assert row.effect == mlp["effects"]["last token"][4] and row.relation == "capital"
