@@ -19,7 +19,7 @@ relearning: groups of N facts of one relation are edited one after another, and 
 attacked by fine-tuning on the other half. The time of each verification step is printed as a
 share of the whole. Lower recovery is more robust. ``--json PATH`` also writes the table's counts
 (per editor and column: recovered hits of total informative facts, and the rate) for
-``notebooks/04_aggregate.ipynb``.
+``notebooks/04_aggregate.ipynb``, rewritten as each editor finishes.
 """
 
 from __future__ import annotations
@@ -82,7 +82,9 @@ def _budget_columns(o) -> dict[str, tuple[bool, bool]]:
     return {}
 
 
-def run(model, facts, args, budgets) -> tuple[dict[str, list], dict[str, dict[str, float]]]:
+def run(model, facts, args, budgets, after_editor=None) -> tuple[dict[str, list], dict[str, dict[str, float]]]:
+    """Edit, verify and undo each fact with each editor; ``after_editor(rows)`` is called once
+    each editor has done all facts (``--json`` writes what is done so far)."""
     rows, timings = defaultdict(list), defaultdict(lambda: defaultdict(float))
     probes = [p for p in args.probes.split(",") if p != "relearn_split"]
     for name in args.editors.split(","):
@@ -101,6 +103,8 @@ def run(model, facts, args, budgets) -> tuple[dict[str, list], dict[str, dict[st
             rows[name].append(fr)
             print(f"  {name:28s} {fact.id:32s} {fr.verdict:14s} {time.perf_counter() - start:6.0f}s "
                   + " ".join(f"{o.probe}={o.status}" for o in fr.probes), flush=True)
+        if after_editor is not None:
+            after_editor(rows)
     return rows, timings
 
 
@@ -228,15 +232,19 @@ def main() -> None:
     facts = known_facts(model, load_facts("all", split=args.split), args.limit)
     print(f"robustness of forgetting on {len(facts)} {args.split} facts ({', '.join(f.id for f in facts)}); "
           f"budgets: {budgets or 'verify defaults'}")
-    rows, timings = run(model, facts, args, budgets)
+
+    def write_json(rows) -> None:  # whole, then renamed into place: never a half-written file
+        if args.json:
+            with open(f"{args.json}.partial", "w", encoding="utf-8") as handle:
+                json.dump({"about": {"model": "default", "args": vars(args), "budgets": budgets},
+                           "rows": json_rows(rows, args.split)}, handle, indent=1, default=str)
+            os.replace(f"{args.json}.partial", args.json)
+
+    rows, timings = run(model, facts, args, budgets, after_editor=write_json)
     table, columns = summarize(rows)
     print_table(table, columns)
     print("Cells: share of forgotten facts the probe recovers (n informative facts).")
     print_timings(timings, len(facts))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"about": {"model": "default", "args": vars(args), "budgets": budgets},
-                       "rows": json_rows(rows, args.split)}, handle, indent=1, default=str)
     if args.split_groups:
         pool = known_facts(model, load_facts("all", split=args.split), args.limit * 4)
         split_table, split_columns = summarize(run_split(model, pool, args, budgets))
