@@ -250,14 +250,20 @@ def test_key_statistics_stay_valid_after_edits_downstream_of_their_keys(tiny):
 def test_rome_sequence_is_one_edit_with_statistics_computed_once(tiny, monkeypatch, tmp_path):
     from excise.edit import stats
     from excise.edit.sequence import rome_sequence
+    from excise.edit.value import output_scale
 
     monkeypatch.setenv("EXCISE_CACHE", str(tmp_path))
     passes, accumulate = [], stats._accumulate
     monkeypatch.setattr(stats, "_accumulate", lambda *a, **k: passes.append(a[1]) or accumulate(*a, **k))
     other = Fact(id="capital-germany", subject="Germany", prompt="The capital of {} is", target=" Berlin")
     base, state = weights_hash(tiny), _state(tiny)
+    unedited = [output_scale(tiny, f, 1, settings=FAST) for f in (FACT, other)]
     edit = rome_sequence(tiny, [FACT, other], layer=1, settings=FAST, max_update_ratio=100, progress=False)
     assert passes == [[1]]  # the second edit reused the first one's key statistics
+    # each value is scaled by its subject's MLP output on the unedited model, at most
+    scales = [(e["output_scale"], e["value_scale"]) for e in edit.info["edits"]]
+    assert [given for given, _ in scales] == pytest.approx(unedited)
+    assert scales[0][1] == pytest.approx(unedited[0]) and scales[1][1] <= unedited[1] + 1e-6
     assert tiny.excise_edits == [edit] and edit.fact_ids == ["capital-france", "capital-germany"]
     assert [e["fact"] for e in edit.info["edits"]] == edit.fact_ids
     ((name, delta),) = edit.deltas.items()

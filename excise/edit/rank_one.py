@@ -83,7 +83,8 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
          max_update_ratio: float = 1.0,
          contrast: int = CONTRAST_SUBJECTS,
          contrast_weight: float = CONTRAST_WEIGHT, contrast_avoid=(),
-         settings: ValueSettings | None = None, progress: bool = True) -> Edit:
+         settings: ValueSettings | None = None, output_scale: float | None = None,
+         progress: bool = True) -> Edit:
     """Forget (or replace) ``fact`` with a rank-one update of one MLP; applies it and returns the Edit.
 
     Args:
@@ -98,6 +99,8 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
         contrast_avoid: other facts whose subjects and probes the contrast keys must not use
             (the rest of a sequence of edits, so that their probes stay held out).
         settings: the value optimisation's :class:`ValueSettings`.
+        output_scale: a cap on the value's scale (:func:`~excise.edit.value.compute_value`);
+            :func:`~excise.edit.sequence.rome_sequence` passes the unedited model's.
     """
     if fact is None or not hasattr(fact, "prompt"):
         raise ValueError("rome() edits one fact; use excise.edit.memit(model, facts) for several")
@@ -119,7 +122,7 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
         layer, key, stats.second_moment, others, chosen.contrast_weight, chosen.ridge)
     info["contrast"] = {"subjects": subjects, "weight": weight, "template": fact.prompt}
     delta, info["value"] = compute_value(model, fact, layer, objective, new_target, settings,
-                                         direction=u)
+                                         direction=u, output_scale=output_scale)
     update, info["update"] = rank_one_update(model, layer, key, delta, second_moment, chosen.ridge,
                                              chosen.max_update_ratio, direction=(u, denominator))
     info.update(key_tokens=stats.n_tokens, key_sample=stats.sample,

@@ -9,6 +9,12 @@ computed once for the whole sequence (see :func:`~excise.edit.stats.key_inputs_h
 The result is one :class:`~excise.edit.record.Edit` whose deltas are the sum of the per-fact
 updates: ``undo`` restores the weights from before the first edit, bit for bit.
 
+Each edit's value is scaled by the subject's MLP output on the *unedited* model
+(:func:`~excise.edit.value.output_scale`, measured for every fact before the first edit). Earlier
+edits leak into the MLP output of subjects whose keys resemble theirs; a value scaled by that
+inflated output let each later edit on such a subject grow, and its larger update break facts
+of other subjects that no single edit breaks.
+
 Sequential rank-one editing is the baseline batch editors exist to beat: each edit leaks a
 little onto other subjects, and the leaks add up (``bench/forget_quality.py --sequence 50``
 measures how much, beside :func:`~excise.edit.batch.memit`).
@@ -20,8 +26,9 @@ import logging
 
 from tqdm.auto import tqdm
 
-from excise.edit.rank_one import rome
+from excise.edit.rank_one import _resolve_layer, rome
 from excise.edit.record import Edit, make_edit
+from excise.edit.value import output_scale
 from excise.export import hf_parameters
 
 log = logging.getLogger(__name__)
@@ -45,12 +52,16 @@ def rome_sequence(model, facts, layer: int | None = None, *, progress: bool = Tr
     if len(set(ids)) != len(ids):
         raise ValueError("rome_sequence() got the same fact id twice; edit each fact once")
     base_hash = weights_hash(model)
+    value_layer, _ = _resolve_layer(model, layer)
+    scales = [output_scale(model, fact, value_layer, rome_kwargs.get("objective", "forget"),
+                           rome_kwargs.get("new_target"), rome_kwargs.get("settings"))
+              for fact in tqdm(facts, desc="value scales", disable=not progress)]
     edits: list[Edit] = []
     try:
-        for fact in tqdm(facts, desc="rank-one edits", disable=not progress):
+        for fact, scale in tqdm(list(zip(facts, scales)), desc="rank-one edits", disable=not progress):
             others = [f for f in facts if f is not fact]
             edits.append(rome(model, fact, layer=layer, contrast_avoid=others, progress=False,
-                              **rome_kwargs))
+                              output_scale=scale, **rome_kwargs))
     except Exception:
         for edit in reversed(edits):
             edit.undo(model)
@@ -61,8 +72,9 @@ def rome_sequence(model, facts, layer: int | None = None, *, progress: bool = Tr
     for edit in reversed(edits):
         edit.undo(model)
     per_fact = [{"fact": e.fact_ids[0], "layer": e.settings["layer"],
-                 "ratio": e.info["update"]["ratio"], "goal_met": e.info["value"]["goal_met"]}
-                for e in edits]
+                 "ratio": e.info["update"]["ratio"], "goal_met": e.info["value"]["goal_met"],
+                 "output_scale": scale, "value_scale": e.info["value"]["mlp_output_norm"]}
+                for e, scale in zip(edits, scales)]
     components = sorted({c for e in edits for c in e.components})
     settings = {**edits[0].settings, "layer": layer}
     info = {"edits": per_fact, "parameters": names,

@@ -108,7 +108,8 @@ class _Problem:
 
 def compute_value(model, fact, layer: int, objective: str = "forget", new_target: str | None = None,
                   settings: ValueSettings | None = None,
-                  direction: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                  direction: torch.Tensor | None = None,
+                  output_scale: float | None = None) -> tuple[torch.Tensor, dict]:
     """Optimise ``delta`` ``[d_model]`` for the MLP output of ``layer`` at the subject's last token.
 
     Without ``direction`` ``delta`` is added at the subject's last token only (what MEMIT needs).
@@ -117,20 +118,20 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     on the subject's other prompts and on the text before the subject.
     ``delta`` is float32 whatever the model's dtype (the losses are taken in float32 too); the
     forward pass adds it in the model's dtype.
+    ``delta``'s scale (its norm clamp and weight decay) is the MLP's output norm at the subject on
+    the prompts to forget; ``output_scale`` caps it (:func:`output_scale` of the unedited model,
+    for an edit that follows others: earlier edits can inflate this subject's MLP output, and a
+    clamp relative to the inflated output lets each later edit grow).
     Returns ``delta`` and an info dict (prompts used, steps taken, losses, probabilities).
     """
     s = settings or ValueSettings()
     answer = objective_target(fact, objective, new_target)
-    templates = fact_templates(model, fact, s.n_prefixes, s.paraphrases)
-    essence = list(s.essence_templates)
-    found = None
-    if s.subject_probes:
-        found = subject_probes(model, fact)
-        templates += [t for t in found.forget if t not in templates]
-        essence += [t for t in found.keep if t not in essence]
+    templates, essence, found = _templates(model, fact, s)
     module = mlp_out_module(model, layer)
     with frozen(model):
         prob = _prepare(model, module, fact, templates, answer, objective, essence)
+        if output_scale is not None and output_scale < prob.base_norm:
+            prob.base_norm = float(output_scale)
         delta = torch.zeros(model.cfg.d_model, dtype=torch.float32,  # whatever the model's dtype
                             device=prob.batch.tokens.device, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=s.lr)
@@ -161,6 +162,32 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
             "forget": list(found.forget), "keep": list(found.keep), "keep_answers": list(found.keep_answers)},
     }
     return delta.detach(), info
+
+
+def output_scale(model, fact, layer: int, objective: str = "forget", new_target: str | None = None,
+                 settings: ValueSettings | None = None) -> float:
+    """The scale :func:`compute_value` gives ``delta`` on ``model`` as it is now (the MLP's mean
+    output norm at the subject on the prompts to forget): measured on the unedited model before
+    a sequence of edits, it is each later edit's ``output_scale``."""
+    s = settings or ValueSettings()
+    answer = objective_target(fact, objective, new_target)
+    templates, essence, _ = _templates(model, fact, s)
+    with frozen(model):
+        return _prepare(model, mlp_out_module(model, layer), fact, templates, answer, objective,
+                        essence).base_norm
+
+
+def _templates(model, fact, s: ValueSettings) -> tuple[list[str], list[str], object]:
+    """The prompts to forget (the fact's wordings, then the subject probes that state it), the
+    prompts whose predictions are kept, and the subject probes found (or None)."""
+    templates = fact_templates(model, fact, s.n_prefixes, s.paraphrases)
+    essence = list(s.essence_templates)
+    found = None
+    if s.subject_probes:
+        found = subject_probes(model, fact)
+        templates += [t for t in found.forget if t not in templates]
+        essence += [t for t in found.keep if t not in essence]
+    return templates, essence, found
 
 
 def _edited(module, delta: torch.Tensor, positions: torch.Tensor, direction: torch.Tensor | None):
