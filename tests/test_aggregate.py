@@ -238,3 +238,5 @@ def test_traces_as_a_tidy_dataframe():
                 & (frame.layer == 4)].iloc[0]
     mlp = next(r for r in records if r["fact"] == "fact-1" and r["site"] == "mlp")
     assert row.effect == mlp["effects"]["last token"][4] and row.relation == "capital"
+    mlp["effects"]["further tokens"] = None  # a subject right before the last token
+    assert len(traces_dataframe(records)) == len(frame) - 12

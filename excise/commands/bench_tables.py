@@ -78,11 +78,13 @@ def bench_dataframe(source, wide: bool = False):
 def traces_dataframe(records: list[dict]):
     """The trace cache's records (:func:`excise.commands.aggregate.read_records`) as a tidy
     ``pandas.DataFrame``: ``fact, relation, site, category, layer, effect`` (the indirect effect,
-    a difference of probabilities), with each fact's ``clean`` and ``corrupted`` probabilities."""
+    a difference of probabilities), with each fact's ``clean`` and ``corrupted`` probabilities. A
+    category the prompt lacks (no further tokens when the subject ends right before the last
+    token) has no rows."""
     pd = require_pandas("traces_dataframe")
     tidy = [{"fact": r["fact"], "relation": r["relation"], "site": r["site"], "category": category,
              "layer": layer, "effect": effect, "clean": r["clean"], "corrupted": r["corrupted"]}
-            for r in records for category, curve in r["effects"].items()
-            for layer, effect in enumerate(curve)]
+            for r in records for category, curve in r["effects"].items() if curve is not None
+            for layer, effect in enumerate(curve)]  # None: no such token (nothing between subject and end)
     return pd.DataFrame(tidy, columns=["fact", "relation", "site", "category", "layer", "effect",
                                        "clean", "corrupted"])
