@@ -5,7 +5,8 @@
 Takes the first ``--limit`` known ``tune`` facts (the ones ``bench/forget_quality.py`` picks),
 and scores every probe to keep (neighbours, same subject, same answer; not those that state a
 fact of the sequence) that the unedited model states: after each default ``rome`` edit alone
-(undone before the next), and after each edit of the sequence as ``rome_sequence`` makes it.
+(undone before the next), and after each edit of the sequence ``rome_sequence`` makes (its
+``after_each`` callback).
 Prints how many probes the sequence breaks, how many of those no single edit breaks (damage that
 only a sequence does), the edits at which probes break, and per edit its value scale and update
 size alone and in the sequence. ``--json`` writes every score.
@@ -22,9 +23,7 @@ from collections import Counter
 import torch
 
 from excise.check import known_facts
-from excise.edit import rome
-from excise.edit.rank_one import default_layer
-from excise.edit.value import output_scale
+from excise.edit import rome, rome_sequence
 from excise.facts import load_facts
 from excise.model import load_model
 from excise.scoring import score_targets
@@ -64,18 +63,15 @@ def main() -> None:
                       "alone_ratio": edit.info["update"]["ratio"],
                       "alone_seconds": time.perf_counter() - start})
         edit.undo(model)
-    scales = [output_scale(model, f, default_layer(model)) for f in facts]  # rome's layer
-    in_sequence, edits = [], []
-    try:
-        for fact, scale, size in zip(facts, scales, sizes):
-            others = [f for f in facts if f is not fact]
-            edits.append(rome(model, fact, contrast_avoid=others, output_scale=scale, progress=False))
-            in_sequence.append(known())
-            size.update(sequence_scale=edits[-1].info["value"]["mlp_output_norm"],
-                        sequence_ratio=edits[-1].info["update"]["ratio"])
-    finally:
-        for edit in reversed(edits):
-            edit.undo(model)
+    in_sequence = []
+
+    def record(edit) -> None:  # after each edit of the sequence, on the model as it stands
+        in_sequence.append(known())
+        size = sizes[len(in_sequence) - 1]
+        size.update(sequence_scale=edit.info["value"]["mlp_output_norm"],
+                    sequence_ratio=edit.info["update"]["ratio"])
+
+    rome_sequence(model, facts, progress=False, after_each=record).undo(model)
 
     watched = [i for i, ok in enumerate(before) if ok]
     broken = [i for i in watched if not in_sequence[-1][i]]

@@ -258,7 +258,11 @@ def test_rome_sequence_is_one_edit_with_statistics_computed_once(tiny, monkeypat
     other = Fact(id="capital-germany", subject="Germany", prompt="The capital of {} is", target=" Berlin")
     base, state = weights_hash(tiny), _state(tiny)
     unedited = [output_scale(tiny, f, 1, settings=FAST) for f in (FACT, other)]
-    edit = rome_sequence(tiny, [FACT, other], layer=1, settings=FAST, max_update_ratio=100, progress=False)
+    seen = []  # after_each: each edit, with the weights as the sequence has left them so far
+    edit = rome_sequence(tiny, [FACT, other], layer=1, settings=FAST, max_update_ratio=100, progress=False,
+                         after_each=lambda e: seen.append((e.fact_ids, weights_hash(tiny))))
+    assert [ids for ids, _ in seen] == [["capital-france"], ["capital-germany"]]
+    assert len({base, seen[0][1], seen[1][1]}) == 3  # called on the edited weights, edit by edit
     assert passes == [[1]]  # the second edit reused the first one's key statistics
     # each value is scaled by its subject's MLP output on the unedited model, at most
     scales = [(e["output_scale"], e["value_scale"]) for e in edit.info["edits"]]
@@ -317,3 +321,45 @@ def test_subject_probe_bank_is_worded_apart_from_the_bundled_facts():
         scored |= {p.prompt.replace(fact.subject, "{}") for p in fact.same_subject}
     assert len(SUBJECT_TEMPLATES) == len(set(SUBJECT_TEMPLATES))
     assert not set(SUBJECT_TEMPLATES) & scored
+
+
+@pytest.mark.parametrize("family", ["Gemma 2", "Phi-3"])
+def test_value_optimisation_from_the_edited_block_equals_full_forwards_on_other_families(family, tmp_path):
+    """Families whose blocks take other arguments or whose logits are soft-capped: the partial
+    forward either matches the full one or is dropped for full forwards; the value is the same."""
+    from excise.model import load_model
+    from excise.testing import save_tiny_model
+
+    model = load_model(str(save_tiny_model(family, tmp_path / "model")), device="cpu")
+    _value_equals_full_forward_value(model)
+
+
+def test_value_optimisation_from_the_edited_block_equals_full_forwards(tiny):
+    """compute_value runs blocks layer.. from the cached residual and unembeds only the positions
+    its losses read; the value, its steps and its losses equal those of full forwards."""
+    partial, full = _value_equals_full_forward_value(tiny)
+    assert partial["partial_forward"] and not full["partial_forward"]
+
+
+def _value_equals_full_forward_value(model):
+    """Both ways of adding the value (at the subject's last token; the exact rank-one edit along a
+    direction, every token) optimised with partial and with full forwards: the same values."""
+    from excise.edit import value as value_module
+
+    settings = ValueSettings(n_prefixes=2, steps=5, subject_probes=False)
+    direction = torch.randn(model.cfg.d_mlp, generator=torch.Generator().manual_seed(0)) / model.cfg.d_mlp
+    infos = []
+    for along in (None, direction):
+        runs = []
+        for force_full in (False, True):
+            with pytest.MonkeyPatch.context() as patch:
+                if force_full:  # as if the partial forward had differed from the full one
+                    patch.setattr(value_module, "_same", lambda full, partial: False)
+                runs.append(value_module.compute_value(model, FACT, 1, settings=settings, direction=along))
+        (d_partial, partial), (d_full, full) = runs
+        assert torch.allclose(d_partial, d_full, atol=1e-5, rtol=1e-4)
+        assert partial["steps"] == full["steps"]
+        assert partial["final"]["loss"] == pytest.approx(full["final"]["loss"], rel=1e-4)
+        assert partial["final"]["text_kl"] == pytest.approx(full["final"]["text_kl"], rel=1e-3, abs=1e-7)
+        infos.append((partial, full))
+    return infos[0]

@@ -21,7 +21,7 @@ from excise.locate import (
     fact_activation_patch,
     knowledge_neurons,
 )
-from excise.locate._runner import Runner
+from excise.runner import Runner
 
 pytestmark = pytest.mark.filterwarnings("ignore:the model does not predict")
 
@@ -48,6 +48,23 @@ def test_runner_matches_full_forward(tiny):
     resid = runner.cache["blocks.1.hook_resid_pre"].expand(3, -1, -1)
     read = list(range(tokens.shape[1]))
     assert torch.allclose(runner.run_from(1, resid, read), tiny(tokens).expand(3, -1, -1), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["Gemma 2", "Phi-3", "OLMo 2"])
+@torch.no_grad()
+def test_runner_matches_full_forward_on_other_families(family, tmp_path):
+    """Blocks with other arguments (Phi-3), norms after the sublayers (OLMo 2) and logits
+    soft-capped after the unembedding (Gemma 2): a partial forward still equals the full one
+    (uncapped Gemma 2 logits once made every causal trace on Gemma 2 wrong)."""
+    from excise.model import load_model
+    from excise.testing import save_tiny_model
+
+    model = load_model(str(save_tiny_model(family, tmp_path / "model")), device="cpu")
+    tokens = model.to_tokens("The capital of France is")
+    runner = Runner(model, tokens, ["blocks.1.hook_resid_pre"])
+    read = list(range(tokens.shape[1]))
+    partial = runner.run_from(1, runner.cache["blocks.1.hook_resid_pre"], read)
+    assert torch.allclose(partial, model(tokens), atol=1e-5)
 
 
 @torch.no_grad()

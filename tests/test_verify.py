@@ -178,6 +178,52 @@ def test_verify_tiny_reverts_edits_and_writes_reports(tiny, tmp_path):
     assert 'src="http' not in page  # no network fetches
 
 
+def test_verify_reuses_the_before_state_of_the_same_weights_only(tiny, monkeypatch):
+    """Two editors verified on one unedited model: the second call measures only its edited state
+    and reports the first call's "before" measurements; other weights, other budgets or
+    reuse_before=False measure it again."""
+    from excise.verify import core, state_cache, verify
+
+    state_cache.clear()
+    measured = []
+    real_measure = core._measure
+    monkeypatch.setattr(core, "_measure", lambda model, *a: measured.append(a[-1].state) or real_measure(model, *a))
+    fact = capital_fact()
+    options = dict(pool=[], probes=("logit_lens", "formats"), fluency_tokens=2, perplexity=False, progress=False)
+
+    def run(factor, **extra):
+        measured.clear()
+        edit = _ScaleEdit(tiny, factor)
+        tiny.excise_edits = [edit]
+        try:
+            return verify(tiny, fact, **{**options, **extra}), list(measured)
+        finally:
+            with torch.no_grad():
+                edit.weight.copy_(edit.original)  # back to the base weights
+            tiny.excise_edits = []
+
+    first, states = run(0.0)
+    assert states == ["after", "before"] and "reused" not in first.settings["before"]
+    second, states = run(0.5)
+    assert states == ["after"] and "reused" in second.settings["before"]
+    assert second["capital-france"].scores["prompt"]["before"] == first["capital-france"].scores["prompt"]["before"]
+    assert second["capital-france"].scores["prompt"]["after"] != first["capital-france"].scores["prompt"]["after"]
+    assert run(0.5, reuse_before=False)[1] == ["after", "before"]
+    assert run(0.5, fluency_tokens=3)[1] == ["after", "before"]  # other budgets
+    state_cache.clear()
+    with_circuits, states = run(0.5, circuits=True)
+    assert states == ["after", "before"] and with_circuits.circuits
+    without, states = run(0.0)  # a state measured with circuits serves a call without them
+    assert states == ["after"] and not without.circuits
+    with torch.no_grad():
+        tiny.blocks[0].mlp.out.weight.mul_(1.01)  # other base weights
+    assert run(0.5)[1] == ["after", "before"]
+    assert not state_cache._hooked(tiny)
+    with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda resid, hook: resid)]):
+        assert state_cache._hooked(tiny)  # hooks change outputs, not weights: never cached
+    state_cache.clear()
+
+
 def test_verify_rejects_bad_input(tiny):
     from excise.verify import verify
 

@@ -111,7 +111,7 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
     subject_positions(model, fact.prompt, fact.subject, warn=True)
     base_hash = weights_hash(model)
     info = {}
-    layer, info["layer_choice"] = _resolve_layer(model, layer)
+    layer, info["layer_choice"] = resolve_layer(model, layer)
     settings = settings or ValueSettings()
     sample = sample or SampleSpec(corpus=corpus)
     stats = key_stats(model, [layer], sample, progress, base_hash)[layer]
@@ -138,7 +138,7 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
     return edit
 
 
-def _resolve_layer(model, layer) -> tuple[int, str]:
+def resolve_layer(model, layer) -> tuple[int, str]:
     """``(layer, why)`` from an int, a Localization, or None (:func:`default_layer`)."""
     if layer is None:
         layer = default_layer(model)

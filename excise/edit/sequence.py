@@ -23,10 +23,11 @@ measures how much, beside :func:`~excise.edit.batch.memit`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
-from excise.edit.rank_one import _resolve_layer, rome
+from excise.edit.rank_one import resolve_layer, rome
 from excise.edit.record import Edit, make_edit
 from excise.edit.value import output_scale
 from excise.export import hf_parameters
@@ -34,9 +35,14 @@ from excise.export import hf_parameters
 log = logging.getLogger(__name__)
 
 
-def rome_sequence(model, facts, layer: int | None = None, *, progress: bool = True, **rome_kwargs) -> Edit:
+def rome_sequence(model, facts, layer: int | None = None, *, progress: bool = True,
+                  after_each: Callable[[Edit], None] | None = None, **rome_kwargs) -> Edit:
     """Forget (or replace) each of ``facts`` with its own rank-one edit, in order; applies and
     returns one Edit for all of them.
+
+    ``after_each(edit)`` is called after each fact's edit, on the model as the sequence has left
+    it so far (``bench/sequence_damage.py`` scores every probe there, to find the edit that
+    breaks it); it must leave the weights as it found them.
 
     ``layer`` and ``rome_kwargs`` are passed to every :func:`~excise.edit.rank_one.rome` call
     (``layer=None``: the default lookup layer). Each fact's contrast keys avoid the
@@ -52,7 +58,7 @@ def rome_sequence(model, facts, layer: int | None = None, *, progress: bool = Tr
     if len(set(ids)) != len(ids):
         raise ValueError("rome_sequence() got the same fact id twice; edit each fact once")
     base_hash = weights_hash(model)
-    value_layer, _ = _resolve_layer(model, layer)
+    value_layer, _ = resolve_layer(model, layer)
     scales = [output_scale(model, fact, value_layer, rome_kwargs.get("objective", "forget"),
                            rome_kwargs.get("new_target"), rome_kwargs.get("settings"))
               for fact in tqdm(facts, desc="value scales", disable=not progress)]
@@ -62,6 +68,8 @@ def rome_sequence(model, facts, layer: int | None = None, *, progress: bool = Tr
             others = [f for f in facts if f is not fact]
             edits.append(rome(model, fact, layer=layer, contrast_avoid=others, progress=False,
                               output_scale=scale, **rome_kwargs))
+            if after_each is not None:
+                after_each(edits[-1])
     except Exception:
         for edit in reversed(edits):
             edit.undo(model)

@@ -24,6 +24,12 @@ sees what the edit will really do: paraphrases whose subject key is only partly 
 KL term on the tokens before the subject (ordinary text) penalises a direction that fires there.
 Optimisation stops early once every prompt meets the goal (forget: the target's sequence
 probability fell by ``margin`` nats and it is no longer ranked first).
+
+Each step runs only what ``delta`` can change: blocks ``layer..`` from the cached residual stream
+entering block ``layer`` (:class:`excise.runner.Runner`), and the unembedding only at the positions
+a loss reads (the answer positions and the text before the subject). Before optimising, that
+partial forward is checked against the full forward; a model where they differ is optimised with
+full forwards instead.
 """
 
 from __future__ import annotations
@@ -38,9 +44,9 @@ from excise.criteria import TRAINING_MARGIN, dethroned_and_fell
 from excise.edit.keys import subject_batch
 from excise.edit.prompts import fact_templates
 from excise.edit.subject_probes import subject_probes
-from excise.hooks import trace
+from excise.hooks import act_name, trace
 from excise.interrupt import checkpoint
-from excise.scoring import target_logprobs
+from excise.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +96,64 @@ def objective_target(fact, objective: str, new_target: str | None) -> str:
 
 
 @dataclass
+class _Reads:
+    """The positions a loss reads, as indices into the flat list of read positions.
+
+    ``rows``, ``positions`` ``[n_read]``: the read positions (row-major); ``first`` ``[batch]``:
+    each row's last prompt position; ``answer``, ``answer_token``, ``answer_row`` ``[n_answer]``:
+    each answer token's position, id and row; ``text`` ``[n_text]``: the tokens before the subject.
+    """
+
+    rows: torch.Tensor
+    positions: torch.Tensor
+    first: torch.Tensor
+    answer: torch.Tensor
+    answer_token: torch.Tensor
+    answer_row: torch.Tensor
+    text: torch.Tensor
+
+    @classmethod
+    def of(cls, batch, text_mask: torch.Tensor) -> _Reads:
+        need = text_mask.clone()  # [batch, pos]
+        for b, positions in enumerate(batch.answer_positions):
+            need[b, positions] = True
+        index = torch.full(need.shape, -1, dtype=torch.long)
+        index[need] = torch.arange(int(need.sum()))
+        rows, positions = need.nonzero(as_tuple=True)
+        first = index[torch.arange(need.shape[0]), torch.tensor([p[0] for p in batch.answer_positions])]
+        answer = torch.tensor([int(index[b, p]) for b, ps in enumerate(batch.answer_positions) for p in ps])
+        answer_token = torch.tensor([t for ids in batch.target_ids for t in ids])
+        answer_row = torch.tensor([b for b, ids in enumerate(batch.target_ids) for _ in ids])
+        return cls(rows, positions, first, answer, answer_token, answer_row, index[text_mask])
+
+    def read(self, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From log-probs ``[n_read, d_vocab]``: the first answer token's distribution ``[batch,
+        d_vocab]``, each row's target sequence log-prob ``[batch]`` and the text positions'
+        distributions ``[n_text, d_vocab]``."""
+        device = logprobs.device
+        picked = logprobs[self.answer.to(device), self.answer_token.to(device)]
+        seq = torch.zeros(len(self.first), device=device, dtype=logprobs.dtype)
+        seq = seq.index_add(0, self.answer_row.to(device), picked)
+        return logprobs[self.first.to(device)], seq, logprobs[self.text.to(device)]
+
+
+@dataclass
 class _Problem:
     """Everything the optimisation loop needs, computed once from the unedited model."""
 
     batch: object
     positions: torch.Tensor  # [batch] subject's last token
     n_rewrite: int
+    reads: _Reads
+    runner: Runner | None  # None: optimise with full forwards
+    layer: int
+    resid: torch.Tensor  # [batch, pos, d_model] entering block `layer`
     lp0: torch.Tensor  # [batch, d_vocab] answer log-probs before the edit
     seq0: torch.Tensor  # [n_rewrite] target sequence log-probs before the edit
     first: torch.Tensor  # [n_rewrite] first answer token
     forget_q: torch.Tensor  # [n_rewrite, d_vocab] before-distribution without the target
     essence_q: torch.Tensor  # [n_essence, d_vocab] what the essence prompts should predict
-    text_mask: torch.Tensor  # [batch, pos] tokens before the subject
-    text_lp0: torch.Tensor  # [n_text, d_vocab] their next-token log-probs before the edit
+    text_lp0: torch.Tensor  # [n_text, d_vocab] next-token log-probs before the subject, before the edit
     base_norm: float
 
 
@@ -129,7 +180,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     templates, essence, found = _templates(model, fact, s)
     module = mlp_out_module(model, layer)
     with frozen(model):
-        prob = _prepare(model, module, fact, templates, answer, objective, essence)
+        prob = _prepare(model, layer, fact, templates, answer, objective, essence)
         if output_scale is not None and output_scale < prob.base_norm:
             prob.base_norm = float(output_scale)
         delta = torch.zeros(model.cfg.d_model, dtype=torch.float32,  # whatever the model's dtype
@@ -139,8 +190,8 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
         for step in range(s.steps):
             checkpoint("a value-optimisation step")
             with _edited(module, delta, prob.positions, direction):
-                logits = model(prob.batch.tokens)
-            loss, done, seq, record = _loss(logits, prob, objective, s, delta,
+                logprobs = _read_logprobs(model, prob)
+            loss, done, seq, record = _loss(logprobs, prob, objective, s, delta,
                                             with_text=direction is not None)
             history.append({"step": step, **record})
             if done or step == s.steps - 1:
@@ -155,6 +206,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     info = {
         "objective": objective, "answer": answer, "rewrite_prompts": [t.format(fact.subject) for t in templates],
         "steps": len(history), "goal_met": done, "final": history[-1], "exact": direction is not None,
+        "partial_forward": prob.runner is not None,
         "target_logprob_before": prob.seq0.tolist(), "target_logprob_after": seq.detach().tolist(),
         "mlp_output_norm": prob.base_norm, "delta_norm": float(delta.detach().norm()),
         "kept_prompts": [t.format(fact.subject) for t in essence],
@@ -173,8 +225,8 @@ def output_scale(model, fact, layer: int, objective: str = "forget", new_target:
     answer = objective_target(fact, objective, new_target)
     templates, essence, _ = _templates(model, fact, s)
     with frozen(model):
-        return _prepare(model, mlp_out_module(model, layer), fact, templates, answer, objective,
-                        essence).base_norm
+        return _prepare(model, layer, fact, templates, answer, objective, essence,
+                        check_partial=False).base_norm
 
 
 def _templates(model, fact, s: ValueSettings) -> tuple[list[str], list[str], object]:
@@ -209,25 +261,60 @@ def _edited(module, delta: torch.Tensor, positions: torch.Tensor, direction: tor
 
 
 @torch.no_grad()
-def _prepare(model, module, fact, templates, answer, objective, essence_templates) -> _Problem:
+def _prepare(model, layer: int, fact, templates, answer, objective, essence_templates,
+             check_partial: bool = True) -> _Problem:
     n_rewrite = len(templates)
     essence = list(essence_templates)
     all_templates = templates + essence
     batch, positions = subject_batch(model, all_templates, [fact.subject] * len(all_templates),
                                      [answer] * n_rewrite + [fact.target] * len(essence))
-    with trace({"mlp_out": module}, outputs=True) as seen:  # one forward: logits and the MLP's output
-        logits0 = model(batch.tokens)
+    entering = act_name("resid", layer)
+    # one forward: logits, the MLP's output, and the block inputs a partial forward starts from
+    with trace({"mlp_out": mlp_out_module(model, layer)}, outputs=True) as seen:
+        runner = Runner(model, batch.tokens, [entering])
     base_norm = _output_norm(seen["mlp_out"].output[:n_rewrite], positions[:n_rewrite])
-    lp0 = batch.first_answer_logprobs(logits0)  # [batch, d_vocab]
-    seq0 = target_logprobs(logits0.float(), batch)[:n_rewrite]  # [n_rewrite]
+    reads = _Reads.of(batch, _before_subject_mask(model, all_templates, batch.tokens.shape))
+    logits0 = runner.logits  # [batch, pos, d_vocab]
+    full = logits0[reads.rows.to(logits0.device), reads.positions.to(logits0.device)]
+    runner.logits = None  # only the read positions are needed from here on
+    resid = runner.cache[entering]
+    if check_partial and not _same(full, _partial_logits(runner, layer, resid, reads)):
+        log.info("the partial forward from block %d differs from the full forward on this model; "
+                 "optimising with full forwards", layer)
+        runner = None
+    lp0, seq0, text_lp0 = reads.read(full.float().log_softmax(-1))
     first_ids = batch.first_target_ids
     first = first_ids[:n_rewrite]
     # forgetting: the essence prompts keep their distribution, minus the forgotten target itself
     essence_q = _without_targets(lp0[n_rewrite:], first_ids[n_rewrite:]) if objective == "forget" \
         else lp0[n_rewrite:].exp()
-    mask = _before_subject_mask(model, all_templates, batch.tokens.shape)
-    return _Problem(batch, positions, n_rewrite, lp0, seq0, first, _without_targets(lp0[:n_rewrite], first),
-                    essence_q, mask, logits0[mask].float().log_softmax(-1), base_norm)
+    return _Problem(batch, positions, n_rewrite, reads, runner, layer, resid, lp0, seq0[:n_rewrite],
+                    first, _without_targets(lp0[:n_rewrite], first), essence_q, text_lp0, base_norm)
+
+
+def _partial_logits(runner: Runner, layer: int, resid: torch.Tensor, reads: _Reads) -> torch.Tensor:
+    """``[n_read, d_vocab]``: blocks ``layer..`` run on ``resid`` (the residual entering block
+    ``layer``), unembedded only at the read positions."""
+    final = runner.final_resid(layer, resid)  # [batch, pos, d_model]
+    picked = final[reads.rows.to(final.device), reads.positions.to(final.device)]  # [n_read, d_model]
+    return runner.logits_of(picked[None])[0]
+
+
+def _read_logprobs(model, prob: _Problem) -> torch.Tensor:
+    """``[n_read, d_vocab]`` float32 log-probs at the read positions on the model as it is now
+    (hooks included): the partial forward, or a full forward where that was found to differ."""
+    if prob.runner is not None:
+        return _partial_logits(prob.runner, prob.layer, prob.resid, prob.reads).float().log_softmax(-1)
+    logits = model(prob.batch.tokens)
+    reads = prob.reads
+    return logits[reads.rows.to(logits.device), reads.positions.to(logits.device)].float().log_softmax(-1)
+
+
+def _same(full: torch.Tensor, partial: torch.Tensor) -> bool:
+    """Whether the partial forward's logits equal the full forward's (to the dtype's rounding)."""
+    tol = 1e-4 if full.dtype == torch.float32 else 2e-2
+    scale = float(full.float().abs().max().clamp_min(1.0))
+    return bool((full.float() - partial.float()).abs().max() <= tol * scale)
 
 
 def _before_subject_mask(model, templates, shape) -> torch.Tensor:
@@ -244,11 +331,12 @@ def _before_subject_mask(model, templates, shape) -> torch.Tensor:
     return mask
 
 
-def _loss(logits, prob: _Problem, objective: str, s: ValueSettings, delta, with_text: bool):
-    """The loss, whether the goal is met, the target sequence log-probs and a history record."""
+def _loss(logprobs, prob: _Problem, objective: str, s: ValueSettings, delta, with_text: bool):
+    """The loss, whether the goal is met, the target sequence log-probs and a history record, from
+    the log-probs ``[n_read, d_vocab]`` at the read positions."""
     n = prob.n_rewrite
-    lp = prob.batch.first_answer_logprobs(logits)
-    seq = target_logprobs(logits.float(), prob.batch)[:n]
+    lp, seq, text_lp = prob.reads.read(logprobs)
+    seq = seq[:n]
     if objective == "forget":
         rows = torch.arange(n, device=lp.device)
         push = (lp[rows, prob.first] - (prob.lp0[rows, prob.first] - s.margin)).clamp_min(0).mean()
@@ -259,8 +347,7 @@ def _loss(logits, prob: _Problem, objective: str, s: ValueSettings, delta, with_
         main = (-seq / n_tok).mean()
         done = bool(main < 0.05)
     essence = _kl(prob.essence_q, lp[n:])
-    text = _kl(prob.text_lp0.exp(), logits[prob.text_mask].float().log_softmax(-1)) if with_text \
-        else torch.zeros((), device=lp.device)
+    text = _kl(prob.text_lp0.exp(), text_lp) if with_text else torch.zeros((), device=lp.device)
     decay = s.weight_decay * delta.norm() ** 2 / prob.base_norm ** 2
     loss = main + s.kl_weight * essence + s.text_kl_weight * text + decay
     record = {"loss": float(loss.detach()), "main": float(main.detach()), "essence_kl": float(essence.detach()),

@@ -22,8 +22,8 @@ from excise.components import Neuron
 from excise.hooks import act_name, retain_grad_into
 from excise.interrupt import checkpoint
 from excise.locate._inputs import fact_tokens, warn_if_unknown
-from excise.locate._runner import Runner
 from excise.locate.localization import Localization
+from excise.runner import Runner
 from excise.scoring import build_batch, target_logprob
 from excise.tokens import subject_last_position
 

@@ -8,7 +8,7 @@ logit(wrong_answer)`` at the last position, gives 0 for "no effect" and 1 for "f
 clean behaviour". Same numbers as ``transformer_lens.patching``, far faster: patched runs are
 batched (several layers' patches per forward), each run joins its batch at its own layer from the
 cached corrupted residual there instead of starting at the embeddings
-(:class:`~excise.locate._runner.Runner`), only the last position is unembedded, and patches
+(:class:`~excise.runner.Runner`), only the last position is unembedded, and patches
 before the first differing token (identical in both runs) are 0 without running anything.
 """
 
@@ -23,8 +23,8 @@ from excise.components import Head, Neuron
 from excise.hooks import AXIS, SITES, act_name, site_name
 from excise.interrupt import checkpoint
 from excise.locate._inputs import differing, pair_tokens
-from excise.locate._runner import Runner, chunks, rows_per_chunk
 from excise.locate.localization import Localization
+from excise.runner import Runner, chunks, rows_per_chunk
 from excise.tokens import encode_prompt, fill_prompt, token_id, token_labels
 
 log = logging.getLogger(__name__)

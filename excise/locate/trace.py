@@ -9,7 +9,7 @@ block ``layer``; for ``"mlp"``/``"attn"`` the block outputs over a window of ``w
 centred on ``layer`` are restored (ROME's setting), at one position.
 
 Fast path: a restore at layer ``l`` leaves blocks before it unchanged, so each restored run starts
-from the cached corrupted residual at the first restored layer (:class:`excise.locate._runner.Runner`),
+from the cached corrupted residual at the first restored layer (:class:`excise.runner.Runner`),
 all positions x noise samples of a layer are one batched forward, and only the target positions are
 unembedded. Restoring a position before the subject changes nothing (noise only reaches later
 positions), so those cells are the corrupted score without running anything.
@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from excise.hooks import act_name, site_name
 from excise.interrupt import checkpoint
 from excise.locate._inputs import fact_tokens, warn_if_unknown
-from excise.locate._runner import Runner, chunks, rows_per_chunk
 from excise.locate.localization import Localization
+from excise.runner import Runner, chunks, rows_per_chunk
 from excise.scoring import target_logprob
 
 log = logging.getLogger(__name__)

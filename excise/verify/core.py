@@ -13,6 +13,7 @@ answer.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from contextlib import ExitStack
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from excise.comparison import Comparison, fact_pairs, score_groups
+from excise.export import weights_hash
 from excise.facts import Fact, Probe
 from excise.interrupt import checkpoint
 from excise.scoring import Scores
@@ -30,6 +32,7 @@ from excise.verify.probes.base import RobustnessProbe, Setup, Skipped
 from excise.verify.probes.registry import PROBES, select
 from excise.verify.quality import Quality, model_quality
 from excise.verify.report import FactReport, Report, Summary
+from excise.verify.state_cache import cached, remember, state_key
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ class _State:
 def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: int = 20,
            relearn_lr: float = 5e-5, relearn_facts: int = 16, pool=None, fluency_tokens: int = 30,
            perplexity: bool = True, few_shot_k: int = 3, mc_orders: int = 3, circuits: bool = False,
-           progress: bool = True, budgets: dict | None = None) -> Report:
+           progress: bool = True, budgets: dict | None = None, reuse_before: bool = True) -> Report:
     """Verify that ``edited`` forgot ``fact_or_facts`` (a Fact or a list) and kept the rest.
 
     Args:
@@ -99,6 +102,9 @@ def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: i
         budgets: other attack budgets by :class:`~excise.verify.probes.base.Setup` field name
             (``{"lora_steps": (10, 30), "quant_bits": (4,)}``); every budget is recorded in
             ``Report.settings``.
+        reuse_before: when an earlier call measured the same "before" weights (bit-identical)
+            on the same facts with the same probes and budgets, reuse those measurements
+            (:mod:`excise.verify.state_cache`; the report's ``settings["before"]`` says so).
     """
     facts = [fact_or_facts] if isinstance(fact_or_facts, Fact) else list(fact_or_facts)
     if not facts:
@@ -120,16 +126,35 @@ def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: i
         return _measure(model, facts, on_states, setup, fluency_tokens, perplexity, circuits,
                         _Step(bar, state, timings))
 
+    def measure_before(model) -> tuple[_State, str]:
+        weights = weights_hash(model) if reuse_before else None
+
+        def key(with_circuits: bool) -> str | None:
+            return state_key(model, weights, facts, [p.name for p in on_states], setup,
+                             fluency_tokens=fluency_tokens, perplexity=perplexity,
+                             circuits=with_circuits) if reuse_before else None
+        state = cached(key(circuits))
+        if state is None and not circuits:  # a state measured with circuits holds all the rest too
+            state = cached(key(True))
+            state = state and dataclasses.replace(state, circuits=None)
+        if state is not None:
+            bar.update(per_state)
+            return state, " (measurements reused from an earlier verify of the same weights)"
+        state = measure(model, "before")
+        remember(key(circuits), state)
+        return state, ""
+
     after = measure(edited, "after")
     edits = list(getattr(edited, "excise_edits", []) or [])
     if original is not None:
-        before, source = measure(original, "before"), "original model"
+        before, reused = measure_before(original)
+        source = "original model" + reused
     elif edits:
         with ExitStack() as stack:
             for edit in reversed(edits):
                 stack.enter_context(edit.reverted(edited))
-            before = measure(edited, "before")
-        source = f"edited model with its {len(edits)} edit(s) reverted"
+            before, reused = measure_before(edited)
+        source = f"edited model with its {len(edits)} edit(s) reverted" + reused
     else:
         log.warning("no original model and no recorded edits: 'before' equals 'after'")
         before, source = after, "same model (no edit recorded)"

@@ -1,7 +1,8 @@
-"""Run a model from block ``l`` onward for a batch of residual streams: the engine of fast patching.
+"""Run a model from block ``l`` onward for a batch of residual streams: the engine of fast patching
+and of the editors' value optimisation.
 
-A patch at layer ``l`` leaves blocks ``0..l-1`` untouched, so every patched run can start from the
-cached residual stream entering block ``l``. :class:`Runner` records, during one ordinary forward,
+A patch at layer ``l`` (or a vector added to block ``l``'s MLP output) leaves blocks ``0..l-1``
+untouched, so every patched run can start from the cached residual stream entering block ``l``. :class:`Runner` records, during one ordinary forward,
 the arguments the bridge passes to each block (attention mask, rotary embeddings, position ids),
 then calls ``model.blocks[l:]`` directly on a batch of residuals and unembeds only the positions a
 metric reads. TransformerLens hooks inside the blocks still fire, so per-row patches are ordinary
@@ -69,11 +70,20 @@ class Runner:
         repeating blocks ``layer..k-1`` (the batch grows; rows keep their order of joining).
         Gradients flow when enabled.
         """
-        x = resid
         joins = joins or {}
         if any(index <= layer or index > self.n_layers for index in joins):
             raise ValueError(f"joins must enter after block {layer} and by block {self.n_layers}, "
                              f"got {sorted(joins)}")
+        x = self.final_resid(layer, resid, fwd_hooks, joins)
+        return self.logits_of(x[:, list(read)])  # [batch, n_read, d_vocab]
+
+    def final_resid(self, layer: int, resid: torch.Tensor, fwd_hooks: HookList = (),
+                    joins: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """The residual stream ``[batch, pos, d_model]`` leaving the last block (before the final
+        norm) when blocks ``layer..`` run on ``resid``; ``joins`` as in :meth:`run_from`. Callers
+        that read a few positions of each row unembed only those (:meth:`logits_of`)."""
+        x = resid
+        joins = joins or {}
         with self.model.hooks(fwd_hooks=list(fwd_hooks)):
             for index in range(layer, self.n_layers):
                 if index in joins:
@@ -83,8 +93,15 @@ class Runner:
                 x = out[0] if isinstance(out, tuple) else out
         if self.n_layers in joins:
             x = torch.cat([x, joins[self.n_layers].to(x.dtype)])
-        x = x[:, list(read)]  # [batch, n_read, d_model]
-        return self.model.unembed(self.model.ln_final(x))
+        return x
+
+    def logits_of(self, resid: torch.Tensor) -> torch.Tensor:
+        """Logits ``[..., d_vocab]`` of final residuals ``[..., d_model]``: final norm, unembed, and
+        the soft-cap of models that cap their logits (Gemma 2), which the bridge's full forward
+        applies after the unembedding."""
+        logits = self.model.unembed(self.model.ln_final(resid))
+        cap = float(getattr(self.model.cfg, "output_logits_soft_cap", 0.0) or 0.0)
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
 def chunks(n: int, size: int) -> list[slice]:
