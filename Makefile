@@ -31,6 +31,7 @@ test: model lint
 
 bench: model
 	$(PY) bench/locate_speed.py
+	$(PY) bench/edit_speed.py
 	$(PY) bench/forget_quality.py
 	$(PY) bench/robustness.py
 

@@ -66,10 +66,15 @@ def balanced_key(model, layer: int, templates: list[str], subject: str) -> torch
     """``[d_mlp]``: ``k*``, the mean of the subject's key in running text and at the text's start.
 
     Right after BOS a token's MLP key is very different from its key in running text (the
-    first position is where attention sinks), so a key averaged over prefixed prompts has
-    ``k . u`` ~ 0.1 for a prompt that *opens* with the subject ("{} was written by"): the edit
-    would barely reach it. Averaging the two halves (``templates`` and the bare subject) gives
-    both ``k . u`` ~ 1.
+    first position is where attention sinks), so a key averaged over prefixed prompts has a
+    small ``k . u`` for a prompt that *opens* with the subject ("{} was written by"): the edit
+    would barely reach it. Averaging the two halves (``templates`` and the bare subject) lifts
+    it for most subjects. For some (the countries among the bundled facts) the key right after
+    BOS is mostly what other subjects of their kind share there; the protected direction
+    (:func:`~excise.edit.rank_one.protected_direction`) then spares it like the other subjects'
+    keys, and subject-first wordings ("France's capital is") keep a small ``k . u``
+    (``bench/key_reach.py`` measures it; forcing it to 1 makes the edit fire on other subjects
+    that open a text).
     """
     running = subject_key(model, layer, templates, subject)
     start = subject_key(model, layer, ["{}"], subject)
