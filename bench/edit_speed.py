@@ -11,7 +11,7 @@ On the default model (CPU), for the first ``--facts`` known ``tune`` facts:
   alternating order; both must give the same value;
 * **rome**: the whole default edit (key statistics cached; prefixes generated before timing);
 * **verify**: ``--verify-editors`` edits of one fact (rome at three layers) verified one after
-  another with notebook 03's budgets (:data:`VERIFY`), with the "before" measurements reused
+  another with small attack budgets (:data:`VERIFY`), with the "before" measurements reused
   (``reuse_before=True``, the default) against ``reuse_before=False``.
 
 Prints seconds and ratios. Run it alone: the machine has 2 cores.
@@ -35,7 +35,8 @@ from excise.verify import state_cache, verify
 
 VERIFY = dict(relearn_steps=5, relearn_facts=8, progress=False,
               budgets={"relearn_long_steps": 5, "lora_steps": (5,), "quant_bits": (4,), "gen_seeds": 1})
-"""The attack budgets of notebooks/03_verify.ipynb (fluency and perplexity as verify's defaults)."""
+"""Small attack budgets, as notebooks/03_verify.ipynb uses (fluency and perplexity as verify's
+defaults)."""
 
 
 def timed(fn, *args, **kwargs):
