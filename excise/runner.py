@@ -2,11 +2,13 @@
 and of the editors' value optimisation.
 
 A patch at layer ``l`` (or a vector added to block ``l``'s MLP output) leaves blocks ``0..l-1``
-untouched, so every patched run can start from the cached residual stream entering block ``l``. :class:`Runner` records, during one ordinary forward,
-the arguments the bridge passes to each block (attention mask, rotary embeddings, position ids),
-then calls ``model.blocks[l:]`` directly on a batch of residuals and unembeds only the positions a
-metric reads. TransformerLens hooks inside the blocks still fire, so per-row patches are ordinary
-hooks. Tests check it against the full forward on every tiny architecture.
+untouched, so every patched run can start from the cached residual stream entering block ``l``.
+:class:`Runner` records, during one ordinary forward, the arguments the bridge passes to each
+block (attention mask, rotary embeddings, position ids), then calls ``model.blocks[l:]`` directly
+on a batch of residuals and unembeds only the positions a metric reads (soft-capping the logits
+where the model does). TransformerLens hooks inside the blocks still fire, so per-row patches are
+ordinary hooks. Tests check it against the full forward on the tiny architectures and on the
+families whose blocks or logits differ most.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ def _sanitize(value, key: str | None = None):
 
 
 class Runner:
-    """Cached block arguments for one token sequence, and batched partial forwards.
+    """Cached block arguments for a token batch, and batched partial forwards.
 
-    ``tokens`` is ``[1, pos]``. ``cache`` holds the activations named by ``names`` from the
-    capturing forward (``[1, pos, ...]`` each); ``logits`` its logits ``[1, pos, d_vocab]``.
+    ``tokens`` is ``[batch, pos]`` (one sequence, ``[1, pos]``, for patching; partial forwards
+    then take any number of rows). ``cache`` holds the activations named by ``names`` from the
+    capturing forward (``[batch, pos, ...]`` each); ``logits`` its logits ``[batch, pos, d_vocab]``.
     """
 
     def __init__(self, model, tokens: torch.Tensor, names: Iterable[str] = (), fwd_hooks: HookList = ()):

@@ -218,9 +218,10 @@ def test_verify_reuses_the_before_state_of_the_same_weights_only(tiny, monkeypat
     with torch.no_grad():
         tiny.blocks[0].mlp.out.weight.mul_(1.01)  # other base weights
     assert run(0.5)[1] == ["after", "before"]
-    assert not state_cache._hooked(tiny)
+    assert not state_cache.hooked(tiny)
     with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda resid, hook: resid)]):
-        assert state_cache._hooked(tiny)  # hooks change outputs, not weights: never cached
+        assert state_cache.hooked(tiny)  # hooks change outputs, not weights: never reused
+        assert run(0.5)[1] == ["after", "before"]
     state_cache.clear()
 
 

@@ -13,11 +13,10 @@ answer.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tqdm.auto import tqdm
 
@@ -32,7 +31,7 @@ from excise.verify.probes.base import RobustnessProbe, Setup, Skipped
 from excise.verify.probes.registry import PROBES, select
 from excise.verify.quality import Quality, model_quality
 from excise.verify.report import FactReport, Report, Summary
-from excise.verify.state_cache import cached, remember, state_key
+from excise.verify.state_cache import cached, hooked, remember, state_key
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +126,17 @@ def verify(edited, fact_or_facts, original=None, probes=PROBES, relearn_steps: i
                         _Step(bar, state, timings))
 
     def measure_before(model) -> tuple[_State, str]:
-        weights = weights_hash(model) if reuse_before else None
+        reusable = reuse_before and not hooked(model)  # hooks change outputs, not weights
+        weights = weights_hash(model) if reusable else None
 
         def key(with_circuits: bool) -> str | None:
             return state_key(model, weights, facts, [p.name for p in on_states], setup,
                              fluency_tokens=fluency_tokens, perplexity=perplexity,
-                             circuits=with_circuits) if reuse_before else None
+                             circuits=with_circuits) if reusable else None
         state = cached(key(circuits))
         if state is None and not circuits:  # a state measured with circuits holds all the rest too
             state = cached(key(True))
-            state = state and dataclasses.replace(state, circuits=None)
+            state = state and replace(state, circuits=None)
         if state is not None:
             bar.update(per_state)
             return state, " (measurements reused from an earlier verify of the same weights)"

@@ -22,12 +22,10 @@ CAPACITY = 4
 _STATES: OrderedDict[str, object] = OrderedDict()
 
 
-def state_key(model, weights: str, facts, probes, setup, **options) -> str | None:
-    """The key of measuring ``model`` (whose :func:`~excise.export.weights_hash` is ``weights``)
-    on ``facts`` with ``probes`` (their names), ``setup`` and the other ``options``; None when the
-    model must not be cached (hooks on its hook points)."""
-    if _hooked(model):
-        return None
+def state_key(model, weights: str, facts, probes, setup, **options) -> str:
+    """The key of measuring ``model`` (whose :func:`~excise.export.weights_hash` is ``weights``;
+    one without :func:`hooked` hook points) on ``facts`` with ``probes`` (their names), ``setup``
+    and the other ``options``."""
     device = next(iter(model.parameters())).device
     return json.dumps({
         "weights": weights, "device": str(device),
@@ -37,7 +35,7 @@ def state_key(model, weights: str, facts, probes, setup, **options) -> str | Non
     }, sort_keys=True, default=repr)
 
 
-def _hooked(model) -> bool:
+def hooked(model) -> bool:
     """Whether any TransformerLens hook point of ``model`` has a hook (the library's own module
     hooks, which capture outputs without changing them, do not count)."""
     from transformer_lens.hook_points import HookPoint
