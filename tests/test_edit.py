@@ -325,13 +325,14 @@ def test_subject_probe_bank_is_worded_apart_from_the_bundled_facts():
 
 @pytest.mark.parametrize("family", ["Gemma 2", "Phi-3"])
 def test_value_optimisation_from_the_edited_block_equals_full_forwards_on_other_families(family, tmp_path):
-    """Families whose blocks take other arguments or whose logits are soft-capped: the partial
-    forward either matches the full one or is dropped for full forwards; the value is the same."""
+    """Families whose blocks take other arguments (Phi-3) or whose logits are soft-capped
+    (Gemma 2): the partial forward matches the full one, so it is used, and the value is the same."""
     from excise.model import load_model
     from excise.testing import save_tiny_model
 
     model = load_model(str(save_tiny_model(family, tmp_path / "model")), device="cpu")
-    _value_equals_full_forward_value(model)
+    partial, full = _value_equals_full_forward_value(model)
+    assert partial["partial_forward"] and not full["partial_forward"]
 
 
 def test_value_optimisation_from_the_edited_block_equals_full_forwards(tiny):
