@@ -1,7 +1,7 @@
 """How far a rank-one edit reaches each wording: ``k . u`` per key, for the default direction and
 for a direction made to reach the text-initial key too.
 
-    python bench/key_reach.py [--limit 12] [--split tune]
+    python bench/key_reach.py [--limit 12] [--split tune] [--early-layers 0,1,4] [--near 256]
 
 A rank-one edit ``W + u delta^T`` adds ``(k . u) delta`` wherever the MLP sees key ``k``; the
 default ``rome`` makes ``k* . u = 1`` for its balanced key (:func:`excise.edit.keys.balanced_key`)
@@ -20,6 +20,14 @@ for the default direction and for ``two keys``: ``u`` of least ``C'``-norm with 
 and the text-initial key at ``k . u = 1``, other subjects' text-initial keys added to the
 protected statistics (the same growth limit on ``|u|``). Only keys and statistics are computed
 (no value optimisation, no edit).
+
+``--early-layers``: whether a *separate* direction at an early layer could reach the subject right
+after BOS and nothing else. A token right after BOS sees only BOS, so its key there is a function of
+the token alone, computed here for the whole vocabulary. For each country of :data:`EARLY`, ``u``
+has ``k . u = 1`` on its text-initial key and is protected against the ``--near`` vocabulary tokens
+it reaches most (the same growth limit); the table gives ``k . u`` on the other countries' text-
+initial keys (the countries are protected when they are among the nearest, which is the point: a
+rule that needs no list of neighbours) and on the rest of the vocabulary.
 """
 
 from __future__ import annotations
@@ -41,12 +49,14 @@ from excise.edit.keys import (
     with_contrast,
 )
 from excise.edit.prompts import rewriting_prompts
-from excise.edit.rank_one import default_layer, protected_direction
+from excise.edit.rank_one import default_layer, protected_direction, rank_one_direction
 from excise.edit.stats import SampleSpec, key_stats
 from excise.facts import load_facts
+from excise.hooks import act_name
 from excise.model import load_model
 
 OTHERS = ("Spain", "Italy", "Japan", "Brazil", "London", "Toyota")
+EARLY = ("Germany", "France", "Italy", "Spain", "Japan", "Poland", "Canada", "Brazil")
 
 
 def two_key_direction(keys: list[torch.Tensor], second_moment, ridge: float = 1e-2) -> torch.Tensor:
@@ -78,13 +88,56 @@ def reach(keys, default: torch.Tensor, two: torch.Tensor) -> str:
     return f"{float((stacked @ default).mean()):.2f} | {float((stacked @ two).mean()):.2f}"
 
 
+@torch.no_grad()
+def text_initial_keys(model, layer: int, chunk: int = 2048) -> torch.Tensor:
+    """``[d_vocab, d_mlp]``: every token's MLP key at ``layer`` right after BOS."""
+    bos = int(model.to_tokens("", prepend_bos=True)[0, 0])
+    name, keys = act_name("neuron", layer), []
+    for start in range(0, model.cfg.d_vocab, chunk):
+        ids = torch.arange(start, min(model.cfg.d_vocab, start + chunk))
+        tokens = torch.stack([torch.full_like(ids, bos), ids], 1)  # [chunk, 2]
+        _, cache = model.run_with_cache(tokens, names_filter=name, stop_at_layer=layer + 1)
+        keys.append(cache[name][:, 1])
+    return torch.cat(keys)
+
+
+def early_reach(model, layers: list[int], near: int) -> None:
+    """The ``--early-layers`` table (see the module docstring)."""
+    ids = {s: int(model.to_tokens(s, prepend_bos=False)[0, -1]) for s in EARLY}
+    print(f"\nk . u of a direction for the subject right after BOS, protected against the {near} "
+          "vocabulary tokens it reaches most")
+    print("| layer | subject | protection weight | " + " | ".join(EARLY) + " | rest of the vocabulary: p99.9 / max |")
+    print("|---" * (4 + len(EARLY)) + "|")
+    for layer in layers:
+        second_moment = key_stats(model, [layer], SampleSpec(), False)[layer].second_moment
+        keys = text_initial_keys(model, layer)  # [d_vocab, d_mlp]
+        for subject in EARLY[:2]:
+            own = ids[subject]
+            plain, _ = rank_one_direction(layer, keys[own], second_moment)
+            reached = keys @ plain
+            reached[own] = -float("inf")
+            u, _, _, weight = protected_direction(layer, keys[own], second_moment,
+                                                  keys[reached.topk(near).indices], CONTRAST_WEIGHT)
+            on = keys @ u
+            rest = torch.ones(len(on), dtype=torch.bool)
+            rest[list(ids.values())] = False
+            cells = [f"{float(on[ids[s]]):.2f}" for s in EARLY]
+            print(f"| {layer} | {subject} | {weight:g} | " + " | ".join(cells)
+                  + f" | {float(on[rest].abs().quantile(0.999)):.2f} / {float(on[rest].abs().max()):.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=12)
     parser.add_argument("--split", default="tune")
+    parser.add_argument("--early-layers", default="", help="e.g. 0,1,4: the text-initial table")
+    parser.add_argument("--near", type=int, default=256)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     model = load_model(device="cpu")
+    if args.early_layers:
+        early_reach(model, [int(x) for x in args.early_layers.split(",")], args.near)
+        return
     layer = default_layer(model)
     second_moment = key_stats(model, [layer], SampleSpec(), False)[layer].second_moment
     facts = known_facts(model, load_facts("all", split=args.split), args.limit)

@@ -2,7 +2,7 @@
 
 Fast tests judge hand-made readings and run the attacks on tiny models (weights bit-exact after,
 the bridge's hooks working during and after); the real-model tests check known answers: a fact
-the rank-one edit only hid at the causal trace's peak comes back under LoRA, the unedited model
+the rank-one edit only hid at the causal trace's peak comes back under relearning and LoRA, the unedited model
 keeps its fact, a fact the model never knew is "uninformative", and split relearning reports one
 outcome per fact edited together.
 """
@@ -336,6 +336,22 @@ def test_lora_recovers_a_fact_the_edit_only_hid(real_model, hidden_demo_fact):
     assert o.status == "recovered", o.reason
     assert [b.steps for b in reading.budgets] == [5, 10] and reading.judged_steps == 10
     assert "after 5 steps" in o.reason
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_relearning_recovers_a_fact_the_edit_only_hid(real_model, hidden_demo_fact):
+    """verify's relearning attack at its default judged budget (20 full fine-tuning steps on other
+    landmarks) brings back the demo fact hidden at its trace peak, and the made-up landmarks of
+    its control stay far below it: the known answer test_verify_real's demo test relies on."""
+    from excise.verify.probes import relearn
+
+    fact, base, _ = hidden_demo_fact
+    (reading,) = relearn.measure(real_model, [fact], setup_for([fact], relearn_long_steps=20))
+    o = relearn.judge(None, reading, comparison(float(base.prob[0]), int(base.rank[0])))
+    assert o.status == "recovered", o.reason
+    assert reading.judged_steps == 20
+    assert reading.curve.control_prob[-1] < 0.5 * reading.prob, (reading.curve.control_prob, reading.prob)
 
 
 @pytest.mark.real

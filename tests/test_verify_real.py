@@ -99,26 +99,21 @@ def test_last_layer_edit_looks_forgotten_but_logit_lens_finds_it(real_model):
 
 def test_demo_fact_stays_forgotten_under_relearning_at_the_default_layer(real_model):
     """The demo's fact (Eiffel Tower -> Paris) forgotten by the default rank-one edit does not come
-    back after verify's relearning attack, while the attack does bring it back from the same kind of
-    edit at the layer the causal trace peaks at: a hidden fact must be caught."""
+    back after verify's relearning attack. The same attack does bring it back from an edit at the
+    layer its causal trace peaks at (test_relearn_attacks: a hidden fact is caught), so this is
+    the edit, not a blind attack."""
     from excise.commands.workflows import DEMO_FACT
     from excise.edit import rome
-    from excise.edit.value import ESSENCE_TEMPLATES, ValueSettings
-    from excise.locate import causal_trace
     from excise.verify import verify
 
     fact = bundled(DEMO_FACT)
-    trace = causal_trace(real_model, fact, site="mlp", samples=5, progress=False)
-    previous = ValueSettings(subject_probes=False, essence_templates=ESSENCE_TEMPLATES)
-    status = {}
-    for name, layer, settings in (("default", None, None), ("trace peak", trace, previous)):
-        edit = rome(real_model, fact, layer=layer, settings=settings, progress=False)
-        try:
-            report = verify(real_model, fact, probes=("relearn",), fluency_tokens=0, perplexity=False,
-                            progress=False, budgets={"relearn_long_steps": 20})
-        finally:
-            edit.undo(real_model)
-        fr = report[fact.id]
-        assert fr.summary.prompt_forgotten, (name, fr.scores["prompt"])
-        status[name] = fr.probe("relearn").status
-    assert status == {"default": "forgotten", "trace peak": "recovered"}, status
+    edit = rome(real_model, fact, progress=False)
+    try:
+        report = verify(real_model, fact, probes=("relearn",), fluency_tokens=0, perplexity=False,
+                        progress=False, budgets={"relearn_long_steps": 20})
+    finally:
+        edit.undo(real_model)
+    fr = report[fact.id]
+    assert fr.summary.prompt_forgotten, fr.scores["prompt"]
+    relearning = fr.probe("relearn")
+    assert relearning.status == "forgotten", relearning.reason

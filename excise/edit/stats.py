@@ -131,7 +131,7 @@ def key_inputs_hash(model, layers) -> dict[int, str]:
     for name in sorted(state):
         tensor = state[name]
         aliases.setdefault((tensor.data_ptr(), tuple(tensor.shape), tensor.dtype), []).append(name)
-    digests = {names[0]: _tensor_digest(names[0], state[names[0]]) for names in aliases.values()}
+    digests: dict[str, bytes] = {}  # each tensor hashed once, and only if some layer needs it
     prefixes = [_block_prefix(model, block) for block in range(model.cfg.n_layers)]
     hashes = {}
     for layer in layers:
@@ -141,6 +141,8 @@ def key_inputs_hash(model, layers) -> dict[int, str]:
         for (pointer, _, _), names in sorted(aliases.items(), key=lambda item: item[1][0]):
             downstream = bool(later) and all(n.startswith(later) for n in names)
             if pointer not in skip and not downstream:
+                if names[0] not in digests:
+                    digests[names[0]] = _tensor_digest(names[0], state[names[0]])
                 digest.update(digests[names[0]])
         hashes[layer] = digest.hexdigest()
     return hashes
