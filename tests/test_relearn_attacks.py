@@ -341,13 +341,14 @@ def test_lora_recovers_a_fact_the_edit_only_hid(real_model, hidden_demo_fact):
 @pytest.mark.real
 @pytest.mark.slow
 def test_relearning_recovers_a_fact_the_edit_only_hid(real_model, hidden_demo_fact):
-    """verify's relearning attack at its default judged budget (20 full fine-tuning steps on other
-    landmarks) brings back the demo fact hidden at its trace peak, and the made-up landmarks of
-    its control stay far below it: the known answer test_verify_real's demo test relies on."""
+    """verify's relearning attack, judged at its default 20 full fine-tuning steps but on 8 other
+    landmarks (half the default, so a weaker attack), brings back the demo fact hidden at its trace
+    peak, and the made-up landmarks of its control stay far below it: the known answer
+    test_verify_real's demo test relies on."""
     from excise.verify.probes import relearn
 
     fact, base, _ = hidden_demo_fact
-    (reading,) = relearn.measure(real_model, [fact], setup_for([fact], relearn_long_steps=20))
+    (reading,) = relearn.measure(real_model, [fact], setup_for([fact], relearn_long_steps=20, relearn_facts=8))
     o = relearn.judge(None, reading, comparison(float(base.prob[0]), int(base.rank[0])))
     assert o.status == "recovered", o.reason
     assert reading.judged_steps == 20
