@@ -5,8 +5,9 @@
 
 For every editor (``rome``: the default rank-one edit at the lookup layer; ``memit`` on the one
 fact; zero-ablation of the top-20 attributed neurons; gradient ascent on all weights; and, on
-request, ``rome-previous`` / ``rome-previous(trace layer)``: the rank-one edit before issue 14 at
-layer 4 / at its MLP causal trace's peak) and every fact (known facts of one part of the fixed
+request, ``rome-plain``: plain ROME, as ``bench/forget_quality.py`` defines it, and
+``rome-previous`` / ``rome-previous(trace layer)``: the rank-one edit before issue 14 at layer 4 /
+at its MLP causal trace's peak) and every fact (known facts of one part of the fixed
 split, round-robin over the relations), the fact is edited, :func:`excise.verify.verify` runs the
 probes, and the edit is undone.
 
@@ -31,9 +32,10 @@ import os
 import time
 from collections import defaultdict
 
+from forget_quality import PLAIN, PREVIOUS  # bench/ is on the path when run as a script
+
 from excise.check import known_facts
 from excise.edit import ablate, finetune, memit, rome
-from excise.edit.value import ESSENCE_TEMPLATES, ValueSettings
 from excise.facts import load_facts
 from excise.locate import attributed_neurons, causal_trace
 from excise.model import load_model
@@ -42,14 +44,13 @@ from excise.verify.control import control_explains
 from excise.verify.outcome import found, returns
 from excise.verify.probes.registry import PROBES
 
-PREVIOUS = ValueSettings(subject_probes=False, essence_templates=ESSENCE_TEMPLATES)
-
 EDITORS = {
     "rome": lambda m, f: rome(m, f, progress=False),
     "memit": lambda m, f: memit(m, [f], progress=False),
     "ablate-zero(top20 neurons)": lambda m, f: ablate(m, attributed_neurons(m, f, layers=range(12)),
                                                       how="zero", fact_ids=[f.id], progress=False),
     "finetune-ga(all)": lambda m, f: finetune(m, [f], "gradient_ascent", progress=False),
+    "rome-plain": lambda m, f: rome(m, f, layer=4, contrast=0, settings=PLAIN, progress=False),
     "rome-previous": lambda m, f: rome(m, f, layer=4, settings=PREVIOUS, progress=False),
     "rome-previous(trace layer)": lambda m, f: rome(
         m, f, layer=causal_trace(m, f, site="mlp", samples=5, progress=False), settings=PREVIOUS, progress=False),

@@ -199,10 +199,13 @@ def hide_in_rounding_cells(model, fact, bits: int = 4, group: int = 128):
     for w in weights:  # nn.Linear on this model: [d_out, d_in]
         original = w.detach().clone()
         q, step = naive_cells(original, bits, group_size)
-        low = torch.maximum(q - 0.45 * step, group_extreme(original, group_size, torch.amin))
-        high = torch.minimum(q + 0.45 * step, group_extreme(original, group_size, torch.amax))
+        # strictly inside the group's range (the edit stores deltas, and original + delta can land
+        # an ulp past an extreme, which would move the grid of the whole group); an element whose
+        # grid point lies more than 0.45 of a step outside the range has no room and stays put
+        low = torch.maximum(q - 0.45 * step, group_extreme(original, group_size, torch.amin) + 0.01 * step)
+        high = torch.minimum(q + 0.45 * step, group_extreme(original, group_size, torch.amax) - 0.01 * step)
         fixed = (original == group_extreme(original, group_size, torch.amin)) | (
-            original == group_extreme(original, group_size, torch.amax))
+            original == group_extreme(original, group_size, torch.amax)) | (low > high)
         bounds.append((original, low, high, fixed))
     alpha = 1e-5
     with torch.no_grad():
