@@ -30,12 +30,27 @@ def tiny(request, tiny_folders):
     return load_model(str(tiny_folders[request.param]), device="cpu")
 
 
+# Layers the real-model tests edit besides the editors' defaults: the hidden demo fact
+# (test_relearn_attacks) and the known-answer fact (test_locate_real).
+TEST_EDIT_LAYERS = (10, 14)
+
+
 @pytest.fixture(scope="session")
 def real_model():
-    """The real default model, loaded once. Tests that edit it must restore it (Edit.undo)."""
+    """The real default model, loaded once. Tests that edit it must restore it (Edit.undo).
+
+    The key statistics of every layer the tests edit are computed (or read from the cache) here,
+    in one pass over the text sample, rather than one pass per layer as each test first needs it.
+    """
+    from excise.edit.batch import default_layers
+    from excise.edit.rank_one import default_layer
+    from excise.edit.stats import key_stats
     from excise.model import load_model
 
-    return load_model(device="cpu")
+    model = load_model(device="cpu")
+    layers = sorted({default_layer(model), *default_layers(model), *TEST_EDIT_LAYERS})
+    key_stats(model, layers, progress=False)
+    return model
 
 
 @pytest.fixture(scope="session")
