@@ -202,10 +202,11 @@ def hide_in_rounding_cells(model, fact, bits: int = 4, group: int = 128):
         # strictly inside the group's range (the edit stores deltas, and original + delta can land
         # an ulp past an extreme, which would move the grid of the whole group); an element whose
         # grid point lies more than 0.45 of a step outside the range has no room and stays put
-        low = torch.maximum(q - 0.45 * step, group_extreme(original, group_size, torch.amin) + 0.01 * step)
-        high = torch.minimum(q + 0.45 * step, group_extreme(original, group_size, torch.amax) - 0.01 * step)
-        fixed = (original == group_extreme(original, group_size, torch.amin)) | (
-            original == group_extreme(original, group_size, torch.amax)) | (low > high)
+        smallest = group_extreme(original, group_size, torch.amin)
+        largest = group_extreme(original, group_size, torch.amax)
+        low = torch.maximum(q - 0.45 * step, smallest + 0.01 * step)
+        high = torch.minimum(q + 0.45 * step, largest - 0.01 * step)
+        fixed = (original == smallest) | (original == largest) | (low > high)
         bounds.append((original, low, high, fixed))
     alpha = 1e-5
     with torch.no_grad():
