@@ -320,3 +320,33 @@ def test_multiple_choice_counts_only_answers_better_than_chance():
     assert chance_of_at_least(2, 3) == pytest.approx(10 / 64)
     assert chance_of_at_least(2, 3) > CHANCE_LEVEL > chance_of_at_least(3, 3)
     assert chance_of_at_least(0, 5) == pytest.approx(1.0)
+
+
+def test_tuned_lens_fit_matches_the_explicit_l2_penalty(tiny):
+    """The linear probe's tuned lens takes its L2 penalty as fused Adam's weight decay on Δ only;
+    the fit must equal the plain loop that adds ``l2 * |Δ|²`` to the loss."""
+    import torch.nn.functional as F
+
+    from excise.verify.probes.linear_probe import _read, tuned_lens_logits
+
+    torch.manual_seed(0)
+    n_layers, d_model = tiny.cfg.n_layers, tiny.cfg.d_model
+    h_train, h_test = torch.randn(n_layers, 12, d_model), torch.randn(n_layers, 1, d_model)
+    readout = torch.randn(d_model, 5)  # [d_model, candidates]
+    labels = torch.tensor([0, 1, 2, 3] * 3)  # candidate 4 is never trained on
+    fitted = tuned_lens_logits(tiny, h_train, labels, h_test, readout, steps=15, l2=0.05)
+
+    delta = torch.zeros(n_layers, d_model, d_model, requires_grad=True)
+    bias = torch.zeros(n_layers, 1, d_model, requires_grad=True)
+    optimizer = torch.optim.Adam([delta, bias], lr=1e-2)
+    for _ in range(15):
+        optimizer.zero_grad()
+        logits = _read(tiny, h_train + h_train @ delta + bias, readout[:, :4])
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.repeat(n_layers)) * n_layers
+        (loss + 0.05 * delta.pow(2).sum()).backward()
+        optimizer.step()
+    with torch.no_grad():
+        offset = _read(tiny, h_train + h_train @ delta + bias, readout).mean(1, keepdim=True)
+        expected = _read(tiny, h_test + h_test @ delta + bias, readout) - offset
+    assert delta.abs().max() > 0.05  # the fit moved, so the comparison means something
+    torch.testing.assert_close(fitted, expected, atol=1e-4, rtol=1e-4)

@@ -27,6 +27,7 @@ from excise.hooks import act_name
 from excise.tokens import encode_prompt, encode_target, pad_rows
 from excise.verify.outcome import Answered, judge_known
 from excise.verify.probes.base import RobustnessProbe, Skipped
+from excise.verify.probes.relearn import adam
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,15 @@ def tuned_lens_logits(model, h_train, labels, h_test, readout, steps: int = 60, 
     for p in model.ln_final.parameters():
         p.requires_grad_(False)
     try:
-        optimizer = torch.optim.Adam([delta, bias], lr=lr)
+        # the L2 penalty ``l2 * |Δ|²`` enters as Adam's weight decay (its gradient, ``2 l2 Δ``,
+        # added to Δ's), which the fused step applies without materialising the penalty's graph
+        groups = [{"params": [delta], "weight_decay": 2 * l2}, {"params": [bias]}]
+        optimizer = adam(groups, lr=lr)
         with torch.enable_grad():
             for _ in range(steps):
                 optimizer.zero_grad()
                 logits = _read(model, h_train + h_train @ delta + bias, readout[:, seen])
-                loss = F.cross_entropy(logits.flatten(0, 1), target) * n_layers + l2 * delta.pow(2).sum()
+                loss = F.cross_entropy(logits.flatten(0, 1), target) * n_layers
                 loss.backward()
                 optimizer.step()
         with torch.no_grad():

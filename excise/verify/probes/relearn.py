@@ -125,9 +125,10 @@ def train_and_watch(model, params: list[torch.nn.Parameter], train, watch, steps
     return curve
 
 
-def adam(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
-    """Adam at ``lr``, fused where the parameters' device supports it (CPU and CUDA do), else the
-    multi-tensor (``foreach``) implementation, which matches the per-parameter loop bit for bit."""
+def adam(params: list[torch.nn.Parameter] | list[dict], lr: float) -> torch.optim.Adam:
+    """Adam at ``lr`` over ``params`` (tensors or parameter groups), fused where the parameters'
+    device supports it (CPU and CUDA do), else the multi-tensor (``foreach``) implementation, which
+    matches the per-parameter loop bit for bit."""
     try:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except RuntimeError:
