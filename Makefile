@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup model demo test lint bench notebooks clean
+.PHONY: setup model demo test lint bench notebooks key-sample clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,11 @@ bench: model
 	$(PY) bench/edit_speed.py
 	$(PY) bench/forget_quality.py
 	$(PY) bench/robustness.py
+
+# the default model's key-statistics text sample, shipped in assets/text so no new machine
+# spends its first edit generating it (rerun when the default model or the sample spec changes)
+key-sample: model
+	$(PY) -c "from excise.edit.stats import write_bundled_sample; print(write_bundled_sample())"
 
 clean:
 	rm -rf $(VENV) .pytest_cache out

@@ -283,6 +283,22 @@ def test_rome_sequence_is_one_edit_with_statistics_computed_once(tiny, monkeypat
     assert all(torch.equal(v, state[k]) for k, v in _state(tiny).items())
 
 
+def test_a_shipped_sample_of_the_same_weights_replaces_generation(tiny, monkeypatch, tmp_path):
+    from excise.edit import stats
+
+    monkeypatch.setenv("EXCISE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(stats, "SAMPLE_FOLDER", tmp_path / "shipped")
+    spec, base = SampleSpec(n_sequences=3, length=8), weights_hash(tiny)
+    generated = stats.sample_tokens(tiny, spec)
+    stats._write_rows(stats.bundled_sample_path(spec, base), generated, base, spec)
+    monkeypatch.setattr(stats, "sample_tokens", lambda *a: pytest.fail("generated despite the shipped sample"))
+    rows = stats.cached_sample_tokens(tiny, spec, base)
+    assert [r.tolist() for r in rows] == [r.tolist() for r in generated]
+    assert (tmp_path / "cache" / "stats" / base[:20] / spec.tag / "sample.safetensors").is_file()
+    with pytest.raises(pytest.fail.Exception):  # other weights (or another spec) still generate
+        stats.cached_sample_tokens(tiny, SampleSpec(n_sequences=2, length=8), base)
+
+
 def test_bad_input_is_explained(tiny):
     with pytest.raises(ValueError, match="layer 9 out of range"):
         rome(tiny, FACT, layer=9)

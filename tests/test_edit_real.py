@@ -93,6 +93,14 @@ def _row(scores, i):
     return scores.take(slice(i, i + 1))
 
 
+def test_the_shipped_key_sample_belongs_to_the_default_model(real_model):
+    """``make key-sample`` wrote it for these weights: a stale one would be silently unused."""
+    from excise.edit.stats import SampleSpec, bundled_sample_path
+    from excise.model import weights_hash
+
+    assert bundled_sample_path(SampleSpec(), weights_hash(real_model)).is_file(), "run `make key-sample`"
+
+
 def test_memit_forgets_several_facts_at_once(real_model):
     """One batch edit forgets facts of four relations; other subjects' facts stay."""
     from excise.edit import memit

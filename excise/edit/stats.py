@@ -4,8 +4,9 @@ A rank-one edit of ``W`` (``[d_mlp, d_model]``, ``out = k @ W``) changes the out
 subject's key ``k*`` while disturbing other keys as little as possible *on average over the
 keys the model actually sees*; that average is taken with ``C``, the second moment of ``k``
 (``blocks.{l}.mlp.hook_post``) over a text sample. No corpus is reachable offline, so the default
-sample is text the model itself generates from varied short openings; ``corpus=PATH`` uses a
-user's own text instead. Each ``C`` is computed once per (key inputs, layer, sample) and cached
+sample is text the model itself generates from varied short openings (the default model's
+ships with the package, so a new machine skips the generation); ``corpus=PATH`` uses a user's own
+text instead. Each ``C`` is computed once per (key inputs, layer, sample) and cached
 in ``excise.model.cache_dir()/stats``; the number of tokens used travels with it. Whatever the
 model's dtype, the keys are summed in float64 and ``C`` is stored in float32.
 
@@ -34,6 +35,8 @@ from excise.interrupt import checkpoint
 from excise.tokens import encode_prompt, pad_rows
 
 log = logging.getLogger(__name__)
+
+SAMPLE_FOLDER = Path(__file__).resolve().parents[1] / "bundled_text"
 
 
 @dataclass(frozen=True)
@@ -81,19 +84,53 @@ def sample_tokens(model, spec: SampleSpec) -> list[torch.Tensor]:
 
 
 def cached_sample_tokens(model, spec: SampleSpec, base_hash: str) -> list[torch.Tensor]:
-    """:func:`sample_tokens`, cached on disk next to the statistics computed from them."""
-    from safetensors.torch import load_file, save_file
+    """:func:`sample_tokens`, cached on disk next to the statistics computed from them.
 
+    A sample shipped with the package (:func:`bundled_sample_path`) for exactly these weights
+    and this spec is used instead of generating one: the same rows, without the generation.
+    """
     from excise.model import cache_dir
 
     path = cache_dir() / "stats" / base_hash[:20] / spec.tag / "sample.safetensors"
     if path.is_file():
-        stored = load_file(str(path))
-        return [stored[str(i)].to(model.cfg.device) for i in range(len(stored))]
-    rows = sample_tokens(model, spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({str(i): r.cpu().contiguous() for i, r in enumerate(rows)}, str(path))
+        return _read_rows(path, model.cfg.device)
+    bundled = bundled_sample_path(spec, base_hash)
+    rows = _read_rows(bundled, model.cfg.device) if bundled.is_file() else sample_tokens(model, spec)
+    _write_rows(path, rows, base_hash, spec)
     return rows
+
+
+def bundled_sample_path(spec: SampleSpec, base_hash: str) -> Path:
+    """Where the package ships the generated sample of the model whose weights hash to
+    ``base_hash`` (the default model's, written by ``make key-sample``): generating it is most
+    of the cost of a first edit on a new machine."""
+    return SAMPLE_FOLDER / f"key-sample-{base_hash[:20]}-{spec.tag}.safetensors"
+
+
+def write_bundled_sample(model=None) -> Path:
+    """Ship the default sample of ``model`` (default: the default model) with the package."""
+    from excise.model import load_model, weights_hash
+
+    model = model if model is not None else load_model(device="cpu")
+    spec, base_hash = SampleSpec(), weights_hash(model)
+    path = bundled_sample_path(spec, base_hash)
+    _write_rows(path, cached_sample_tokens(model, spec, base_hash), base_hash, spec)
+    return path
+
+
+def _read_rows(path: Path, device) -> list[torch.Tensor]:
+    from safetensors.torch import load_file
+
+    stored = load_file(str(path))
+    return [stored[str(i)].to(device) for i in range(len(stored))]
+
+
+def _write_rows(path: Path, rows: list[torch.Tensor], base_hash: str, spec: SampleSpec) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({str(i): r.cpu().contiguous() for i, r in enumerate(rows)}, str(path),
+              metadata={"weights_hash": base_hash, "sample": spec.tag})
 
 
 def key_stats(model, layers: list[int], spec: SampleSpec | None = None, progress: bool = True,
