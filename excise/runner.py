@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from excise.hooks import trace
+from excise.scoring import unembed_final
 
 HookList = Sequence[tuple[str, Callable]]
 
@@ -102,9 +103,7 @@ class Runner:
         """Logits ``[..., d_vocab]`` of final residuals ``[..., d_model]``: final norm, unembed, and
         the soft-cap of models that cap their logits (Gemma 2), which the bridge's full forward
         applies after the unembedding."""
-        logits = self.model.unembed(self.model.ln_final(resid))
-        cap = float(getattr(self.model.cfg, "output_logits_soft_cap", 0.0) or 0.0)
-        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+        return unembed_final(self.model, resid)
 
 
 def chunks(n: int, size: int) -> list[slice]:

@@ -45,6 +45,21 @@ class PromptBatch:
         """``[batch]`` first target token of each row."""
         return torch.tensor([ids[0] for ids in self.target_ids], device=self.tokens.device)
 
+    def answer_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rows``, ``positions`` ``[n_answer]``: every answer position, row by row (CPU)."""
+        rows = [b for b, positions in enumerate(self.answer_positions) for _ in positions]
+        positions = [p for ps in self.answer_positions for p in ps]
+        return torch.tensor(rows, dtype=torch.long), torch.tensor(positions, dtype=torch.long)
+
+    def answer_ids(self) -> torch.Tensor:
+        """``[n_answer]`` the token each answer position should predict, row by row (CPU)."""
+        return torch.tensor([t for ids in self.target_ids for t in ids], dtype=torch.long)
+
+    def first_answer_index(self) -> torch.Tensor:
+        """``[batch]`` where each row's first answer position sits in :meth:`answer_index` (CPU)."""
+        lengths = torch.tensor([0] + [len(t) for t in self.target_ids[:-1]], dtype=torch.long)
+        return lengths.cumsum(0)
+
     def first_answer_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         """``[batch, d_vocab]`` log-probabilities at each row's last prompt position."""
         rows = torch.arange(logits.shape[0], device=logits.device)
@@ -64,6 +79,65 @@ def build_batch(model, prompts: Sequence[str], targets: Sequence[str]) -> Prompt
     return PromptBatch(tokens, [len(p) for p in prompt_ids], target_ids)
 
 
+class _ReachedFinalNorm(Exception):
+    """Raised by :func:`final_residual`'s hook: the forward has what the caller needs."""
+
+
+def final_residual(model, tokens: torch.Tensor, fwd_hooks=()) -> torch.Tensor:
+    """The residual stream ``[batch, pos, d_model]`` entering the final norm, from a forward that
+    stops there (differentiable when gradients are on; ``fwd_hooks`` apply as usual).
+
+    Callers unembed only the positions they read (:func:`unembed_final`): over every position of
+    a short prompt, the unembedding and its softmax (and, when training, their gradients) are a
+    large share of the work.
+    """
+    seen = []
+
+    def stop(resid, hook):
+        seen.append(resid)
+        raise _ReachedFinalNorm
+
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, ("ln_final.hook_in", stop)])
+    except _ReachedFinalNorm:
+        pass
+    return seen[0]
+
+
+def unembed_final(model, resid: torch.Tensor) -> torch.Tensor:
+    """Logits ``[..., d_vocab]`` of final residuals ``[..., d_model]``: final norm, unembed, and
+    the soft-cap of models that cap their logits (Gemma 2), which the bridge's full forward
+    applies after the unembedding."""
+    logits = model.unembed(model.ln_final(resid))
+    cap = float(getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0)
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
+def answer_logits(model, batch: PromptBatch, fwd_hooks=()) -> torch.Tensor:
+    """``[n_answer, d_vocab]`` logits at every row's answer positions, row by row (what the full
+    forward gives there, without unembedding the other positions)."""
+    rows, positions = batch.answer_index()
+    resid = final_residual(model, batch.tokens, fwd_hooks)  # [batch, pos, d_model]
+    device = resid.device
+    return unembed_final(model, resid[rows.to(device), positions.to(device)])
+
+
+def answer_logprobs(model, batch: PromptBatch, fwd_hooks=()) -> torch.Tensor:
+    """Sequence log-probability ``[batch]`` of each row's target (float32; differentiable)."""
+    return sequence_logprobs(batch, answer_logits(model, batch, fwd_hooks))
+
+
+def sequence_logprobs(batch: PromptBatch, logits: torch.Tensor) -> torch.Tensor:
+    """``[batch]`` float32 sequence log-probability of each row's target from :func:`answer_logits`
+    ``[n_answer, d_vocab]`` (differentiable)."""
+    logprobs = logits.float().log_softmax(-1)
+    ids = batch.answer_ids().to(logprobs.device)
+    picked = logprobs.gather(-1, ids[:, None])[:, 0]  # [n_answer]
+    rows, _ = batch.answer_index()
+    totals = torch.zeros(len(batch.target_ids), device=picked.device, dtype=picked.dtype)
+    return totals.index_add(0, rows.to(picked.device), picked)
+
+
 def target_logprob(logits: torch.Tensor, target_ids: list[int]) -> torch.Tensor:
     """Sequence log-probability ``[batch]`` of one target from logits at its read positions.
 
@@ -72,19 +146,6 @@ def target_logprob(logits: torch.Tensor, target_ids: list[int]) -> torch.Tensor:
     logprobs = logits.float().log_softmax(-1)
     index = torch.tensor(target_ids, device=logits.device)
     return logprobs[:, torch.arange(len(target_ids)), index].sum(-1)
-
-
-def target_logprobs(logits: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
-    """Sequence log-probability of each row's target, ``[batch]``; differentiable.
-
-    ``logits`` is ``[batch, pos, d_vocab]`` from a forward pass over ``batch.tokens``.
-    """
-    logprobs = logits.log_softmax(dim=-1)
-    totals = []
-    for b, (positions, ids) in enumerate(zip(batch.answer_positions, batch.target_ids)):
-        index = torch.tensor(ids, device=logits.device)
-        totals.append(logprobs[b, positions, index].sum())
-    return torch.stack(totals)
 
 
 @dataclass
@@ -122,16 +183,17 @@ def score_targets(
     logprob, rank, known = [], [], []
     for start in range(0, len(prompts), batch_size):
         batch = build_batch(model, prompts[start : start + batch_size], targets[start : start + batch_size])
-        logits = model.run_with_hooks(batch.tokens, fwd_hooks=list(fwd_hooks)).float()
-        logprob.append(target_logprobs(logits, batch))
-        for b, (positions, ids) in enumerate(zip(batch.answer_positions, batch.target_ids)):
-            row = logits[b, positions]  # [n_target, d_vocab]
-            index = torch.tensor(ids, device=row.device)
-            chosen = row.gather(-1, index[:, None])  # [n_target, 1]
-            ranks = (row > chosen).sum(-1)  # [n_target]
-            rank.append(int(ranks[0]))
-            known.append(bool((ranks == 0).all()))
-    return Scores(torch.cat(logprob).cpu(), torch.tensor(rank), torch.tensor(known))
+        logits = answer_logits(model, batch, fwd_hooks).float()  # [n_answer, d_vocab]
+        chosen = logits.gather(-1, batch.answer_ids().to(logits.device)[:, None])  # [n_answer, 1]
+        logprob.append(sequence_logprobs(batch, logits).cpu())
+        token_ranks = (logits > chosen).sum(-1).tolist()  # [n_answer]
+        first = 0
+        for ids_b in batch.target_ids:
+            ranks = token_ranks[first:first + len(ids_b)]
+            rank.append(ranks[0])
+            known.append(all(r == 0 for r in ranks))
+            first += len(ids_b)
+    return Scores(torch.cat(logprob), torch.tensor(rank), torch.tensor(known))
 
 
 def score_fact(model, fact, **kwargs) -> Scores:

@@ -227,10 +227,9 @@ def hide_in_rounding_cells(model, fact, bits: int = 4, group: int = 128):
 
 
 def score_logprob(model, fact) -> torch.Tensor:
-    from excise.scoring import build_batch, target_logprobs
+    from excise.scoring import answer_logprobs, build_batch
 
-    batch = build_batch(model, [fact.text], [fact.target])
-    return target_logprobs(model(batch.tokens).float(), batch).sum()
+    return answer_logprobs(model, build_batch(model, [fact.text], [fact.target])).sum()
 
 
 def group_extreme(w: torch.Tensor, group: int, reduce) -> torch.Tensor:

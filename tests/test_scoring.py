@@ -52,3 +52,41 @@ def test_real_model_multi_token_target(real_model):
     assert len(encode_target(real_model, target)) > 1
     score = score_targets(real_model, [prompt], [target])
     assert score.logprob[0].item() == pytest.approx(_oracle_logprob(real_model, prompt, target), abs=1e-4)
+
+
+def _full_forward_answers(model, batch):
+    """Reference: the full forward's logits at every answer position, row by row."""
+    rows, positions = batch.answer_index()
+    return model(batch.tokens)[rows, positions]
+
+
+def _check_answer_logits(model):
+    """Stopping at the final norm and unembedding only the answer positions gives the full
+    forward's logits there, the same gradients, and leaves no hook behind."""
+    from excise.generation import has_hooks
+    from excise.scoring import answer_logits, answer_logprobs, sequence_logprobs
+
+    batch = build_batch(model, ["The capital of France is", "Toyota", "A"],
+                        [" Paris", " is a company from Japan", " b"])
+    params = [p for p in model.original_model.parameters() if p.requires_grad]
+    fast = answer_logits(model, batch)
+    assert fast.shape == (sum(len(t) for t in batch.target_ids), model.cfg.d_vocab)
+    torch.testing.assert_close(fast, _full_forward_answers(model, batch), atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(answer_logprobs(model, batch).sum(), params)
+    full = sequence_logprobs(batch, _full_forward_answers(model, batch))
+    for got, want in zip(grads, torch.autograd.grad(full.sum(), params)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert not has_hooks(model)
+
+
+def test_answer_logits_equal_the_full_forward_and_train_alike(tiny):
+    _check_answer_logits(tiny)
+
+
+@pytest.mark.parametrize("family", ["Gemma 2", "Phi-3", "OLMo 2"])
+def test_answer_logits_on_families_whose_logits_or_blocks_differ(family, tmp_path):
+    """Gemma 2 soft-caps its logits after the unembedding; Phi-3 and OLMo 2 blocks differ."""
+    from excise.model import load_model
+    from excise.testing import save_tiny_model
+
+    _check_answer_logits(load_model(str(save_tiny_model(family, tmp_path / "model")), device="cpu"))

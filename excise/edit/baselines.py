@@ -26,7 +26,7 @@ from excise.criteria import TRAINING_MARGIN, dethroned_and_fell
 from excise.edit.prompts import rewriting_prompts
 from excise.edit.record import Edit, compute_dtype, make_edit
 from excise.interrupt import checkpoint
-from excise.scoring import build_batch, target_logprobs
+from excise.scoring import answer_logits, answer_logprobs, build_batch, sequence_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,14 @@ def finetune(model, facts, objective: str = "gradient_ascent", params=None, *, s
     history = []
     try:
         with torch.no_grad():
-            ref = target_logprobs(model(train.tokens).float(), train)  # [rows]
-            before = target_logprobs(model(check.tokens).float(), check)
+            ref = answer_logprobs(model, train)  # [rows]
+            before = answer_logprobs(model, check)
         optimizer = _Float32Adam([live[n] for n in names], lr=lr)
         for step in tqdm(range(steps), desc=f"finetune ({objective})", disable=not progress):
             checkpoint("a fine-tuning step")
-            logits = model(train.tokens)
-            logprob = target_logprobs(logits.float(), train)
-            done = _forgotten(model, logits, check, before, margin, objective, train)
+            logits = answer_logits(model, train)  # [n_answer, d_vocab]
+            logprob = sequence_logprobs(train, logits)
+            done = _forgotten(model, logits, check, before, margin, objective)
             history.append({"step": step, "mean_logprob": float(logprob.detach().mean())})
             if done:
                 break
@@ -179,10 +179,12 @@ def _loss(objective: str, logprob, ref, beta: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _forgotten(model, logits, check, before, margin, objective, train) -> bool:
-    """Every row's original target fell ``margin`` nats and lost rank one."""
+def _forgotten(model, logits, check, before, margin, objective) -> bool:
+    """Every row's original target fell ``margin`` nats and lost rank one (``logits``: the
+    training rows' :func:`~excise.scoring.answer_logits`, which are the check rows' unless the
+    training rows hold a counter-answer)."""
     if objective == "counterexample":
-        logits = model(check.tokens)  # the training rows hold the counter-answer
-    seq = target_logprobs(logits.float(), check)
-    top = check.first_answer_logprobs(logits).argmax(-1)
+        logits = answer_logits(model, check)
+    seq = sequence_logprobs(check, logits)
+    top = logits[check.first_answer_index().to(logits.device)].argmax(-1)
     return bool(dethroned_and_fell(before, seq, top != check.first_target_ids, margin).all())

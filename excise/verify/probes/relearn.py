@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from excise.facts import Probe
 from excise.interrupt import checkpoint
-from excise.scoring import build_batch, score_targets, target_logprobs
+from excise.scoring import answer_logprobs, build_batch, score_targets
 from excise.verify.control import control_explains, control_probes
 from excise.verify.outcome import ProbeOutcome, Scored, judge_scored, returns
 from excise.verify.probes.base import RobustnessProbe, Skipped
@@ -115,7 +115,7 @@ def train_and_watch(model, params: list[torch.nn.Parameter], train, watch, steps
         for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress):
             checkpoint("a relearning step")
             optimizer.zero_grad(set_to_none=True)
-            loss = -target_logprobs(model(batch.tokens).float(), batch).mean()
+            loss = -answer_logprobs(model, batch).mean()
             loss.backward()
             optimizer.step()
             curve.train_loss.append(float(loss.detach()))
