@@ -1,6 +1,6 @@
 """What a rank-one edit and a verification cost, against their slower peers in the same process.
 
-    python bench/edit_speed.py [--facts 6] [--verify-editors 3]
+    python bench/edit_speed.py [--facts 6] [--verify-editors 3] [--sections attack,value,verify]
 
 On the default model (CPU), for the first ``--facts`` known ``tune`` facts:
 
@@ -10,6 +10,11 @@ On the default model (CPU), for the first ``--facts`` known ``tune`` facts:
   against the same optimisation with full forwards (the partial forward disabled), in
   alternating order; both must give the same value;
 * **rome**: the whole default edit (key statistics cached; prefixes generated before timing);
+* **attack step and scoring**: one step of the relearning attack (full fine-tuning on 8 facts'
+  prompts; Adam at lr 0, so the weights stay) and the scoring forward of 4x ``--facts`` prompts
+  in one batch (as :func:`excise.scoring.score_targets` runs it), with logits only at the answer
+  positions (:func:`excise.scoring.answer_logits`, what both use) against the full forward's
+  logits at every position, in alternating order;
 * **verify**: ``--verify-editors`` edits of one fact (rome at three layers) verified one after
   another with small attack budgets (:data:`VERIFY`), with the "before" measurements reused
   (``reuse_before=True``, the default) against ``reuse_before=False``.
@@ -31,7 +36,11 @@ from excise.edit import value as value_module
 from excise.edit.rank_one import default_layer
 from excise.facts import load_facts
 from excise.model import load_model
+from excise.scoring import answer_logprobs, build_batch, sequence_logprobs
 from excise.verify import state_cache, verify
+from excise.verify.probes.relearn import adam
+
+SECTIONS = ("attack", "value", "verify")
 
 VERIFY = dict(relearn_steps=5, relearn_facts=8, progress=False,
               budgets={"relearn_long_steps": 5, "lora_steps": (5,), "quant_bits": (4,), "gen_seeds": 1})
@@ -57,18 +66,83 @@ def value_seconds(model, fact, layer: int, partial: bool) -> tuple[torch.Tensor,
     return delta, seconds, info["steps"]
 
 
+def full_logprobs(model, batch) -> torch.Tensor:
+    """The peer of :func:`excise.scoring.answer_logprobs`: every position unembedded."""
+    rows, positions = batch.answer_index()
+    return sequence_logprobs(batch, model(batch.tokens)[rows, positions])
+
+
+def attack_step_seconds(model, batch, logprobs, optimizer) -> float:
+    start = time.perf_counter()
+    with torch.enable_grad():
+        optimizer.zero_grad(set_to_none=True)
+        (-logprobs(model, batch).mean()).backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def answer_only_vs_full(model, facts, repeats: int = 4) -> None:
+    """Seconds per relearning-attack step and per scoring batch, answer positions only vs all."""
+    train = facts[:8]
+    batch = build_batch(model, [f.text for f in train], [f.target for f in train])
+    params = list(model.original_model.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = adam(params, lr=0.0)  # a real Adam step that leaves the weights as they are
+    steps = {"answer": 0.0, "full": 0.0}
+    try:
+        for k in range(repeats + 1):
+            order = ("answer", "full") if k % 2 == 0 else ("full", "answer")
+            for name in order:
+                took = attack_step_seconds(model, batch, answer_logprobs if name == "answer" else full_logprobs,
+                                           optimizer)
+                steps[name] += took if k else 0.0  # the first round warms up
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+    scored = build_batch(model, [f.text for f in facts] * 4, [f.target for f in facts] * 4)
+    scoring = {"answer": 0.0, "full": 0.0}
+    with torch.no_grad():
+        for k in range(repeats):
+            for name in (("answer", "full") if k % 2 == 0 else ("full", "answer")):
+                _, took = timed(answer_logprobs if name == "answer" else full_logprobs, model, scored)
+                scoring[name] += took
+    print(f"relearning-attack step ({len(train)} facts, {tuple(batch.tokens.shape)} tokens): "
+          f"{steps['answer'] / repeats:.2f} s answer positions only, {steps['full'] / repeats:.2f} s all "
+          f"positions (ratio {steps['answer'] / steps['full']:.2f})")
+    print(f"scoring {tuple(scored.tokens.shape)} tokens: {scoring['answer'] / repeats:.2f} s answer positions "
+          f"only, {scoring['full'] / repeats:.2f} s all positions (ratio {scoring['answer'] / scoring['full']:.2f})",
+          flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--facts", type=int, default=6)
     parser.add_argument("--verify-editors", type=int, default=3)
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, any of {', '.join(SECTIONS)} (default: all)")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    if not sections <= set(SECTIONS):
+        parser.error(f"unknown section(s) {sorted(sections - set(SECTIONS))}; choose from {SECTIONS}")
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     model = load_model(device="cpu")
     facts = known_facts(model, load_facts("all", split="tune"), args.facts)
     layer = default_layer(model)
     rome(model, facts[0], progress=False).undo(model)  # statistics and prefixes, outside the timings
+    if "attack" in sections:
+        answer_only_vs_full(model, facts)
+    if "value" in sections:
+        value_and_rome(model, facts, layer)
+    if "verify" in sections:
+        verify_reuse(model, facts[0], [layer, max(0, layer - 2), layer + 2][: args.verify_editors])
 
+
+def value_and_rome(model, facts, layer: int) -> None:
+    """Per fact: the value optimisation with the partial forward vs full forwards, and rome."""
     print("| fact | steps | value, partial forward (s) | value, full forwards (s) | ratio | rome (s) |")
     print("|---|---|---|---|---|---|")
     totals = [0.0, 0.0, 0.0]
@@ -86,8 +160,10 @@ def main() -> None:
     print(f"| all {len(facts)} | | {totals[0]:.1f} | {totals[1]:.1f} | {totals[0] / totals[1]:.2f} | "
           f"{totals[2] / len(facts):.1f} per edit |", flush=True)
 
-    fact = facts[0]
-    layers = [layer, max(0, layer - 2), layer + 2][: args.verify_editors]
+
+
+def verify_reuse(model, fact, layers: list[int]) -> None:
+    """Verify rome edits of ``fact`` at ``layers``, reusing the before state and not."""
     seconds = {}
     for reuse in (True, False):
         state_cache.clear()
