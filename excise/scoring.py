@@ -115,11 +115,19 @@ def unembed_final(model, resid: torch.Tensor) -> torch.Tensor:
 
 def answer_logits(model, batch: PromptBatch, fwd_hooks=()) -> torch.Tensor:
     """``[n_answer, d_vocab]`` logits at every row's answer positions, row by row (what the full
-    forward gives there, without unembedding the other positions)."""
+    forward gives there, without unembedding the other positions). ``fwd_hooks`` that may act at
+    or after the final norm (a name filter, or an ``ln_final``/``unembed`` hook) get the full
+    forward instead, so they fire exactly once."""
     rows, positions = batch.answer_index()
+    if any(not isinstance(name, str) or name.startswith(_AFTER_BLOCKS) for name, _ in fwd_hooks):
+        logits = model.run_with_hooks(batch.tokens, fwd_hooks=list(fwd_hooks))  # [batch, pos, d_vocab]
+        return logits[rows.to(logits.device), positions.to(logits.device)]
     resid = final_residual(model, batch.tokens, fwd_hooks)  # [batch, pos, d_model]
-    device = resid.device
-    return unembed_final(model, resid[rows.to(device), positions.to(device)])
+    return unembed_final(model, resid[rows.to(resid.device), positions.to(resid.device)])
+
+
+_AFTER_BLOCKS = ("ln_final", "unembed", "hook_unembed")
+"""Hook names that fire at or after the final norm: :func:`final_residual` never reaches them."""
 
 
 def answer_logprobs(model, batch: PromptBatch, fwd_hooks=()) -> torch.Tensor:

@@ -90,3 +90,24 @@ def test_answer_logits_on_families_whose_logits_or_blocks_differ(family, tmp_pat
     from excise.testing import save_tiny_model
 
     _check_answer_logits(load_model(str(save_tiny_model(family, tmp_path / "model")), device="cpu"))
+
+
+def test_hooks_after_the_blocks_fire_once_through_the_full_forward(tiny):
+    """A hook on the unembedding (or the final norm) cannot run in a forward stopped before it:
+    answer_logits falls back to the full forward, and the hook fires exactly once."""
+    from excise.scoring import answer_logits
+
+    batch = build_batch(tiny, ["The capital of France is"], [" Paris"])
+    calls = []
+
+    def boost(logits, hook):
+        calls.append(hook.name)
+        return logits + 5.0 * (torch.arange(logits.shape[-1]) == 7)
+
+    hooked = answer_logits(tiny, batch, fwd_hooks=[("unembed.hook_out", boost)])
+    assert len(calls) == 1
+    plain = answer_logits(tiny, batch)
+    torch.testing.assert_close(hooked[:, 7] - plain[:, 7], torch.full_like(plain[:, 7], 5.0))
+    scores = score_targets(tiny, ["The capital of France is"], [" Paris"],
+                           fwd_hooks=[("unembed.hook_out", boost)])
+    assert len(calls) == 2 and scores.logprob[0] < score_targets(tiny, ["The capital of France is"], [" Paris"]).logprob[0]
