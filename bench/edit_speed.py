@@ -10,8 +10,8 @@ On the default model (CPU), for the first ``--facts`` known ``tune`` facts:
   against the same optimisation with full forwards (the partial forward disabled), in
   alternating order; both must give the same value;
 * **rome**: the whole default edit (key statistics cached; prefixes generated before timing);
-* **attack step and scoring**: one step of the relearning attack (full fine-tuning on 8 facts'
-  prompts; Adam at lr 0, so the weights stay) and the scoring forward of 4x ``--facts`` prompts
+* **attack step and scoring**: one step of the relearning attack (full fine-tuning on the first
+  8 facts' prompts at most; Adam at lr 0, so the weights stay) and the scoring forward of 4x ``--facts`` prompts
   in one batch (as :func:`excise.scoring.score_targets` runs it), with logits only at the answer
   positions (:func:`excise.scoring.answer_logits`, what both use) against the full forward's
   logits at every position, in alternating order;
