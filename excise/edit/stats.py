@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,11 +127,8 @@ def _read_rows(path: Path, device) -> list[torch.Tensor]:
 
 
 def _write_rows(path: Path, rows: list[torch.Tensor], base_hash: str, spec: SampleSpec) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({str(i): r.cpu().contiguous() for i, r in enumerate(rows)}, str(path),
-              metadata={"weights_hash": base_hash, "sample": spec.tag})
+    _save_atomically(path, {str(i): r.cpu().contiguous() for i, r in enumerate(rows)},
+                     {"weights_hash": base_hash, "sample": spec.tag})
 
 
 def key_stats(model, layers: list[int], spec: SampleSpec | None = None, progress: bool = True,
@@ -148,7 +146,6 @@ def key_stats(model, layers: list[int], spec: SampleSpec | None = None, progress
         rows = cached_sample_tokens(model, spec, base_hash or weights_hash(model))
         computed = _accumulate(model, todo, rows, spec.tag, progress)
         for layer, stats in computed.items():
-            paths[layer].parent.mkdir(parents=True, exist_ok=True)
             _write(paths[layer], stats)
             found[layer] = stats
     return found
@@ -241,9 +238,17 @@ def _read(path: Path) -> KeyStats | None:
 
 
 def _write(path: Path, stats: KeyStats) -> None:
+    _save_atomically(path, {"second_moment": stats.second_moment.contiguous(), "mean": stats.mean.contiguous()},
+                     {"n_tokens": str(stats.n_tokens), "sample": stats.sample})
+
+
+def _save_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file so that ``path`` is either absent or complete: an interrupted
+    write leaves only a ``.partial`` file, and processes computing the same statistics at once
+    (parallel test workers, two notebooks) each write their own and the last rename wins."""
     from safetensors.torch import save_file
 
-    partial = path.with_suffix(".partial")
-    save_file({"second_moment": stats.second_moment.contiguous(), "mean": stats.mean.contiguous()},
-              str(partial), metadata={"n_tokens": str(stats.n_tokens), "sample": stats.sample})
-    partial.rename(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, path)
