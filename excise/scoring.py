@@ -141,9 +141,13 @@ def sequence_logprobs(batch: PromptBatch, logits: torch.Tensor) -> torch.Tensor:
     logprobs = logits.float().log_softmax(-1)
     ids = batch.answer_ids().to(logprobs.device)
     picked = logprobs.gather(-1, ids[:, None])[:, 0]  # [n_answer]
-    rows, _ = batch.answer_index()
-    totals = torch.zeros(len(batch.target_ids), device=picked.device, dtype=picked.dtype)
-    return totals.index_add(0, rows.to(picked.device), picked)
+    return row_sums(picked, batch.answer_index()[0], len(batch.target_ids))
+
+
+def row_sums(values: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """``[n_rows]`` sums of ``values`` ``[n]`` by their ``rows`` ``[n]`` (differentiable): each
+    row's sequence log-probability from the log-probs of its answer tokens."""
+    return values.new_zeros(n_rows).index_add(0, rows.to(values.device), values)
 
 
 def target_logprob(logits: torch.Tensor, target_ids: list[int]) -> torch.Tensor:

@@ -47,6 +47,7 @@ from excise.edit.subject_probes import subject_probes
 from excise.hooks import act_name, trace
 from excise.interrupt import checkpoint
 from excise.runner import Runner
+from excise.scoring import row_sums
 
 log = logging.getLogger(__name__)
 
@@ -120,20 +121,18 @@ class _Reads:
         index = torch.full(need.shape, -1, dtype=torch.long)
         index[need] = torch.arange(int(need.sum()))
         rows, positions = need.nonzero(as_tuple=True)
-        first = index[torch.arange(need.shape[0]), torch.tensor([p[0] for p in batch.answer_positions])]
-        answer = torch.tensor([int(index[b, p]) for b, ps in enumerate(batch.answer_positions) for p in ps])
-        answer_token = torch.tensor([t for ids in batch.target_ids for t in ids])
-        answer_row = torch.tensor([b for b, ids in enumerate(batch.target_ids) for _ in ids])
-        return cls(rows, positions, first, answer, answer_token, answer_row, index[text_mask])
+        answer_row, answer_position = batch.answer_index()
+        answer = index[answer_row, answer_position]
+        first = answer[batch.first_answer_index()]
+        return cls(rows, positions, first, answer, batch.answer_ids(), answer_row, index[text_mask])
 
     def read(self, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """From log-probs ``[n_read, d_vocab]``: the first answer token's distribution ``[batch,
         d_vocab]``, each row's target sequence log-prob ``[batch]`` and the text positions'
         distributions ``[n_text, d_vocab]``."""
         device = logprobs.device
-        picked = logprobs[self.answer.to(device), self.answer_token.to(device)]
-        seq = torch.zeros(len(self.first), device=device, dtype=logprobs.dtype)
-        seq = seq.index_add(0, self.answer_row.to(device), picked)
+        picked = logprobs[self.answer.to(device), self.answer_token.to(device)]  # [n_answer]
+        seq = row_sums(picked, self.answer_row, len(self.first))
         return logprobs[self.first.to(device)], seq, logprobs[self.text.to(device)]
 
 
