@@ -21,7 +21,8 @@ of a live ``nn.Module`` (an MLP output projection's input is the key of a rank-o
 add to a module's output. :func:`trace` does both, for any number of modules, in the spirit of
 baukit's ``TraceDict``: inside ``with trace(...) as seen`` every forward records
 ``seen[key].input`` / ``.output`` (and the call's ``args``/``kwargs``), ``edit_output`` may
-replace the output, and every hook is removed on exit, even on error.
+replace the output, and every hook is removed on exit, even on error. :func:`forward_until` runs
+a forward pass only as far as the modules whose inputs are wanted.
 """
 
 from __future__ import annotations
@@ -117,6 +118,36 @@ def trace(modules: Mapping[Any, nn.Module], *, inputs: bool = False, outputs: bo
     finally:
         for handle in handles:
             handle.remove()
+
+
+class _Reached(Exception):
+    """Raised inside a forward pass by :func:`forward_until` once every module it waits for ran."""
+
+
+def forward_until(model, tokens, modules) -> None:
+    """``model(tokens)``, stopped as soon as each of ``modules`` has been called.
+
+    For reading early layers' inputs over much text (key statistics, mean inputs, subject keys):
+    the blocks above the last module wanted, and the unembedding, would only compute logits that
+    are thrown away. Hooks already on those modules (a :func:`trace` around the call) see their
+    inputs first; the outputs of the last module reached are never computed.
+    """
+    waiting = {id(module) for module in modules}
+
+    def reached(module, args):
+        waiting.discard(id(module))
+        if not waiting:
+            raise _Reached
+
+    handles = [module.register_forward_pre_hook(reached) for module in modules]
+    try:
+        model(tokens)
+    except _Reached:
+        return
+    finally:
+        for handle in handles:
+            handle.remove()
+    raise RuntimeError(f"the forward pass never called {len(waiting)} of the modules it was to stop at")
 
 
 def retain_grad_into(store: dict, key):

@@ -247,6 +247,26 @@ def test_key_statistics_stay_valid_after_edits_downstream_of_their_keys(tiny):
     assert changed[0] == before[0] and changed[1] != before[1]
 
 
+def test_key_reads_stop_the_forward_pass_after_their_layer(tiny):
+    """Reads of layer 0's keys see what a whole forward pass sees there, never run layer 1, and
+    leave the model answering as before."""
+    from excise.components import mlp_out_module
+    from excise.hooks import forward_until, trace
+
+    tokens = tiny.to_tokens(["The capital of France is", "Berlin is a city in"])
+    first, second = mlp_out_module(tiny, 0), mlp_out_module(tiny, 1)
+    before = _logits(tiny)
+    with torch.no_grad(), trace({0: first, 1: second}, inputs=True) as whole:
+        tiny(tokens)
+    with torch.no_grad(), trace({0: first, 1: second}, inputs=True) as early:
+        forward_until(tiny, tokens, [first])
+    assert torch.equal(early[0].input, whole[0].input) and early[1].input is None
+    assert not first._forward_pre_hooks and not second._forward_pre_hooks
+    assert torch.equal(_logits(tiny), before)
+    stats = key_stats(tiny, [0], SampleSpec(n_sequences=4, length=8), progress=False)[0]
+    assert stats.n_tokens > 0 and torch.isfinite(stats.second_moment).all()
+
+
 def test_rome_sequence_is_one_edit_with_statistics_computed_once(tiny, monkeypatch, tmp_path):
     from excise.edit import stats
     from excise.edit.sequence import rome_sequence

@@ -30,7 +30,7 @@ from excise.components import (
 )
 from excise.edit.record import Edit, EditError, make_edit
 from excise.edit.stats import SampleSpec, cached_sample_tokens
-from excise.hooks import trace
+from excise.hooks import forward_until, trace
 from excise.tokens import pad_rows
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def input_means(model, modules, spec: SampleSpec, base_hash: str, batch_size: in
     with trace(dict(enumerate(modules)), inputs=True) as seen:
         for start in range(0, len(rows), batch_size):
             tokens, mask = pad_rows(model, rows[start:start + batch_size])
-            model(tokens)
+            forward_until(model, tokens, modules)
             for i, module in enumerate(modules):
                 inputs = seen[i].input  # [batch, pos, d_in], on the module's device
                 sums[module] = sums[module] + inputs[mask.to(inputs.device)].double().sum(0)

@@ -19,7 +19,7 @@ import functools
 import torch
 
 from excise.components import mlp_out_module
-from excise.hooks import trace
+from excise.hooks import forward_until, trace
 from excise.scoring import build_batch
 from excise.tokens import subject_last_position
 
@@ -41,8 +41,9 @@ def subject_batch(model, templates: list[str], subjects: list[str], targets: lis
 def mlp_keys(model, layer: int, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """``[batch, d_mlp]``: input of the layer's MLP output projection at ``positions[b]``, in the
     model's dtype, on the layer's device (which a ``device_map`` may set apart from the tokens')."""
-    with trace({layer: mlp_out_module(model, layer)}, inputs=True) as seen:
-        model(tokens)
+    module = mlp_out_module(model, layer)
+    with trace({layer: module}, inputs=True) as seen:
+        forward_until(model, tokens, [module])
     inputs = seen[layer].input  # [batch, pos, d_mlp]
     rows = torch.arange(tokens.shape[0], device=inputs.device)
     return inputs[rows, positions.to(inputs.device)]

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from excise.components import mlp_out_module
 from excise.edit.prompts import openings
 from excise.generation import sample_texts
-from excise.hooks import trace
+from excise.hooks import forward_until, trace
 from excise.interrupt import checkpoint
 from excise.tokens import encode_prompt, pad_rows
 
@@ -213,7 +213,7 @@ def _accumulate(model, layers, rows, tag: str, progress: bool, batch_size: int =
         checkpoint("a batch of key statistics")
         tokens, mask = pad_rows(model, rows[start:start + batch_size])
         with trace(modules, inputs=True) as seen:
-            model(tokens)
+            forward_until(model, tokens, modules.values())
         for layer in layers:
             inputs = seen[layer].input  # [batch, pos, d_mlp]
             k = inputs[mask.to(inputs.device)].double()  # [n, d_mlp]
