@@ -3,8 +3,8 @@
 Each notebook that does real work opens with a cell tagged ``parameters`` (papermill's
 convention); the test runs it with the smaller settings in :data:`QUICK`, injected as a cell right
 after that one, so every cell runs the same code on less work: a fact the rank-one editor forgets
-in a few value steps, fewer attack and fine-tuning steps, fewer noise samples, one fine-tuning
-baseline in 02 (each is tested on tiny models) and in 03 the two located editors only.
+in a few value steps, fewer attack and fine-tuning steps, one noise sample per causal trace, one
+fine-tuning baseline in 02 (each is tested on tiny models) and in 03 the two located editors only.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 QUICK = {
-    "01_locate.ipynb": "TRACE_SAMPLES = 2\nIG_STEPS = 5",
-    "02_forget.ipynb": "FACT_ID = 'language-france'\nBASELINE_STEPS = 5\nN_BASELINES = 1",
+    "01_locate.ipynb": "TRACE_SAMPLES = 1\nIG_STEPS = 5",
+    "02_forget.ipynb": "FACT_ID = 'language-france'\nBASELINE_STEPS = 5\nN_BASELINES = 1\nTRACE_SAMPLES = 1",
     "03_verify.ipynb": 'FACT_ID = "language-france"\nRELEARN_STEPS = 2\n'
                        'BUDGETS = {"relearn_long_steps": 2, "lora_steps": (2,), "quant_bits": (4,),\n'
                        '           "gen_seeds": 1, "gen_temperatures": (1.0,), "gen_tokens": 8}\n'
