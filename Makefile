@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # e.g. `make demo TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"`.
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# `make test` runs the suite on two pytest-xdist workers, each with its share of the cores, slow
+# tests dealt out first (tests/conftest.py); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: setup model demo test lint bench notebooks key-sample clean
 
@@ -27,7 +30,7 @@ lint: setup
 	$(VENV)/bin/ruff check excise tests bench
 
 test: model lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 bench: model
 	$(PY) bench/locate_speed.py

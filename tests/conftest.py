@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 torch.set_grad_enabled(True)
+
+# Under pytest-xdist (`make test` runs two workers) each worker gets its share of the cores, and
+# so do the notebook kernels and CLI subprocesses it starts: two workers each running torch on
+# every core would only slow each other down.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    torch.set_num_threads(_THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +68,10 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"public datasets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under several workers, hand out the slow tests first: a long test dealt out last would
+    keep one worker busy while the others sit idle."""
+    if _WORKERS > 1:
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
