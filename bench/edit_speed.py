@@ -1,9 +1,13 @@
 """What a rank-one edit and a verification cost, against their slower peers in the same process.
 
-    python bench/edit_speed.py [--facts 6] [--verify-editors 3] [--sections attack,value,verify]
+    python bench/edit_speed.py [--facts 6] [--verify-editors 3] [--sections stats,attack,value,verify]
 
 On the default model (CPU), for the first ``--facts`` known ``tune`` facts:
 
+* **key statistics** over the default text sample at the default layer, at two early layers
+  together and at the last layer: the forward pass stopped once those layers' keys are read
+  (:func:`excise.hooks.forward_until`, what :func:`excise.edit.stats.key_stats` runs) against the
+  whole forward pass, in alternating order; both must give the same statistics, bit for bit;
 * **value optimisation** (:func:`excise.edit.value.compute_value` with the value added at the
   subject's last token, as ``memit`` runs it; ``rome`` runs the same loop) with its partial
   forward (blocks ``layer..`` from the cached residual, logits only at the read positions)
@@ -32,15 +36,16 @@ import torch
 
 from excise.check import known_facts
 from excise.edit import rome
+from excise.edit import stats as stats_module
 from excise.edit import value as value_module
 from excise.edit.rank_one import default_layer
 from excise.facts import load_facts
-from excise.model import load_model
+from excise.model import load_model, weights_hash
 from excise.scoring import answer_logprobs, build_batch, sequence_logprobs
 from excise.verify import state_cache, verify
 from excise.verify.probes.relearn import adam
 
-SECTIONS = ("attack", "value", "verify")
+SECTIONS = ("stats", "attack", "value", "verify")
 
 VERIFY = dict(relearn_steps=5, relearn_facts=8, progress=False,
               budgets={"relearn_long_steps": 5, "lora_steps": (5,), "quant_bits": (4,), "gen_seeds": 1})
@@ -132,6 +137,8 @@ def main() -> None:
     model = load_model(device="cpu")
     facts = known_facts(model, load_facts("all", split="tune"), args.facts)
     layer = default_layer(model)
+    if "stats" in sections:
+        early_vs_whole_forward(model, [[layer], [layer - 1, layer + 1], [model.cfg.n_layers - 1]])
     rome(model, facts[0], progress=False).undo(model)  # statistics and prefixes, outside the timings
     if "attack" in sections:
         answer_only_vs_full(model, facts)
@@ -139,6 +146,31 @@ def main() -> None:
         value_and_rome(model, facts, layer)
     if "verify" in sections:
         verify_reuse(model, facts[0], [layer, max(0, layer - 2), layer + 2][: args.verify_editors])
+
+
+def early_vs_whole_forward(model, layer_sets: list[list[int]], repeats: int = 2) -> None:
+    """Seconds of the key statistics of each layer set, the forward pass stopped after the
+    deepest layer's keys vs run whole (the full forward as the stopping hook's peer)."""
+    rows = stats_module.cached_sample_tokens(model, stats_module.SampleSpec(), weights_hash(model))
+    stopped = stats_module.forward_until
+    whole = lambda model, tokens, modules: model(tokens)  # noqa: E731  (the peer: every block, logits)
+    print(f"key statistics over {sum(map(len, rows))} tokens of the default text sample:")
+    print("| layers | forward stopped (s) | whole forward (s) | ratio |")
+    print("|---|---|---|---|")
+    try:
+        for layers in layer_sets:
+            took, results = {"stopped": 0.0, "whole": 0.0}, {}
+            for k in range(repeats):
+                for name in (("stopped", "whole") if k % 2 == 0 else ("whole", "stopped")):
+                    stats_module.forward_until = stopped if name == "stopped" else whole
+                    results[name], seconds = timed(stats_module._accumulate, model, layers, rows, "bench", False)
+                    took[name] += seconds / repeats
+            for layer in layers:
+                assert torch.equal(results["stopped"][layer].second_moment, results["whole"][layer].second_moment)
+            print(f"| {layers} | {took['stopped']:.1f} | {took['whole']:.1f} | {took['stopped'] / took['whole']:.2f} |",
+                  flush=True)
+    finally:
+        stats_module.forward_until = stopped
 
 
 def value_and_rome(model, facts, layer: int) -> None:
