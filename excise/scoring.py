@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from excise.hooks import forward_until, trace
 from excise.tokens import check_length, encode_prompt, encode_target, pad_rows
 
 
@@ -79,10 +80,6 @@ def build_batch(model, prompts: Sequence[str], targets: Sequence[str]) -> Prompt
     return PromptBatch(tokens, [len(p) for p in prompt_ids], target_ids)
 
 
-class _ReachedFinalNorm(Exception):
-    """Raised by :func:`final_residual`'s hook: the forward has what the caller needs."""
-
-
 def final_residual(model, tokens: torch.Tensor, fwd_hooks=()) -> torch.Tensor:
     """The residual stream ``[batch, pos, d_model]`` entering the final norm, from a forward that
     stops there (differentiable when gradients are on; ``fwd_hooks`` apply as usual).
@@ -91,17 +88,10 @@ def final_residual(model, tokens: torch.Tensor, fwd_hooks=()) -> torch.Tensor:
     a short prompt, the unembedding and its softmax (and, when training, their gradients) are a
     large share of the work.
     """
-    seen = []
-
-    def stop(resid, hook):
-        seen.append(resid)
-        raise _ReachedFinalNorm
-
-    try:
-        model.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, ("ln_final.hook_in", stop)])
-    except _ReachedFinalNorm:
-        pass
-    return seen[0]
+    with model.hooks(fwd_hooks=list(fwd_hooks)), \
+            trace({"final": model.ln_final}, inputs=True, detach=False) as seen:
+        forward_until(model, tokens, [model.ln_final])
+    return seen["final"].input
 
 
 def unembed_final(model, resid: torch.Tensor) -> torch.Tensor:
