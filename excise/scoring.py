@@ -38,10 +38,6 @@ class PromptBatch:
         return [[n - 1 + j for j in range(len(t))] for n, t in zip(self.prompt_lengths, self.target_ids)]
 
     @property
-    def last_prompt_positions(self) -> torch.Tensor:
-        return torch.tensor([n - 1 for n in self.prompt_lengths], device=self.tokens.device)
-
-    @property
     def first_target_ids(self) -> torch.Tensor:
         """``[batch]`` first target token of each row."""
         return torch.tensor([ids[0] for ids in self.target_ids], device=self.tokens.device)
@@ -60,11 +56,6 @@ class PromptBatch:
         """``[batch]`` where each row's first answer position sits in :meth:`answer_index` (CPU)."""
         lengths = torch.tensor([0] + [len(t) for t in self.target_ids[:-1]], dtype=torch.long)
         return lengths.cumsum(0)
-
-    def first_answer_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
-        """``[batch, d_vocab]`` log-probabilities at each row's last prompt position."""
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        return logits[rows, self.last_prompt_positions].float().log_softmax(-1)
 
 
 def build_batch(model, prompts: Sequence[str], targets: Sequence[str]) -> PromptBatch:
@@ -118,6 +109,12 @@ def answer_logits(model, batch: PromptBatch, fwd_hooks=()) -> torch.Tensor:
 
 _AFTER_BLOCKS = ("ln_final", "unembed", "hook_unembed")
 """Hook names that fire at or after the final norm: :func:`final_residual` never reaches them."""
+
+
+def first_answer_logprobs(model, batch: PromptBatch, fwd_hooks=()) -> torch.Tensor:
+    """``[batch, d_vocab]`` float32 log-probabilities at each row's last prompt position (the
+    distribution of the answer's first token; differentiable), from :func:`answer_logits`."""
+    return answer_logits(model, batch, fwd_hooks)[batch.first_answer_index()].float().log_softmax(-1)
 
 
 def answer_logprobs(model, batch: PromptBatch, fwd_hooks=()) -> torch.Tensor:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from excise.edit.keys import BLANK_TARGET, subject_batch
+from excise.scoring import first_answer_logprobs
 from excise.tokens import encode_target
 
 SUBJECT_TEMPLATES = (
@@ -89,7 +90,7 @@ def subject_probes(model, fact, templates=SUBJECT_TEMPLATES, min_confidence: flo
     if not templates:
         return SubjectProbes((), (), ())
     batch, _ = subject_batch(model, templates, [fact.subject] * len(templates), [BLANK_TARGET] * len(templates))
-    probs = batch.first_answer_logprobs(model(batch.tokens)).float().exp()  # [n, d_vocab]
+    probs = first_answer_logprobs(model, batch).exp()  # [n, d_vocab]
     top_prob, top_id = probs.max(-1)
     target_id = encode_target(model, fact.target)[0]
     forget = [t for t, i in zip(templates, top_id.tolist()) if i == target_id]

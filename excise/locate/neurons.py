@@ -24,7 +24,7 @@ from excise.interrupt import checkpoint
 from excise.locate._inputs import fact_tokens, warn_if_unknown
 from excise.locate.localization import Localization
 from excise.runner import Runner
-from excise.scoring import build_batch, target_logprob
+from excise.scoring import build_batch, first_answer_logprobs, target_logprob
 from excise.tokens import subject_last_position
 
 
@@ -79,8 +79,7 @@ def gradient_attribution(model, fact, layers=None) -> Localization:
     acts = {}
     hooks = [(act_name("neuron", layer), retain_grad_into(acts, layer)) for layer in layers]
     with torch.enable_grad():
-        logits = model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
-        batch.first_answer_logprobs(logits)[0, batch.target_ids[0][0]].backward()
+        first_answer_logprobs(model, batch, hooks)[0, batch.target_ids[0][0]].backward()
     for param in model.original_model.parameters():
         param.grad = None  # only the activations' gradients were wanted
     rows = [(acts[layer] * acts[layer].grad)[0, where].sum(0).detach() for layer in layers]
