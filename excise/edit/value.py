@@ -27,9 +27,9 @@ probability fell by ``margin`` nats and it is no longer ranked first).
 
 Each step runs only what ``delta`` can change: blocks ``layer..`` from the cached residual stream
 entering block ``layer`` (:class:`excise.runner.Runner`), and the unembedding only at the positions
-a loss reads (the answer positions and the text before the subject). Before optimising, that
-partial forward is checked against the full forward; a model where they differ is optimised with
-full forwards instead.
+a loss reads (the answer positions and the text before the subject). The first step, taken while
+``delta`` is still zero, checks that partial forward against the unedited model's full forward; a
+model where they differ is optimised with full forwards instead.
 """
 
 from __future__ import annotations
@@ -147,6 +147,7 @@ class _Problem:
     runner: Runner | None  # None: optimise with full forwards
     layer: int
     resid: torch.Tensor  # [batch, pos, d_model] entering block `layer`
+    logits0: torch.Tensor | None  # [n_read, d_vocab] the full forward's, before the edit (until checked)
     lp0: torch.Tensor  # [batch, d_vocab] answer log-probs before the edit
     seq0: torch.Tensor  # [n_rewrite] target sequence log-probs before the edit
     first: torch.Tensor  # [n_rewrite] first answer token
@@ -189,7 +190,10 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
         for step in range(s.steps):
             checkpoint("a value-optimisation step")
             with _edited(module, delta, prob.positions, direction):
-                logprobs = _read_logprobs(model, prob)
+                logits = _read_logits(model, prob)
+                if step == 0:
+                    logits = _checked(model, prob, logits)
+            logprobs = logits.float().log_softmax(-1)
             loss, done, seq, record = _loss(logprobs, prob, objective, s, delta,
                                             with_text=direction is not None)
             history.append({"step": step, **record})
@@ -224,8 +228,7 @@ def output_scale(model, fact, layer: int, objective: str = "forget", new_target:
     answer = objective_target(fact, objective, new_target)
     templates, essence, _ = _templates(model, fact, s)
     with frozen(model):
-        return _prepare(model, layer, fact, templates, answer, objective, essence,
-                        check_partial=False).base_norm
+        return _prepare(model, layer, fact, templates, answer, objective, essence).base_norm
 
 
 def _templates(model, fact, s: ValueSettings) -> tuple[list[str], list[str], object]:
@@ -260,8 +263,7 @@ def _edited(module, delta: torch.Tensor, positions: torch.Tensor, direction: tor
 
 
 @torch.no_grad()
-def _prepare(model, layer: int, fact, templates, answer, objective, essence_templates,
-             check_partial: bool = True) -> _Problem:
+def _prepare(model, layer: int, fact, templates, answer, objective, essence_templates) -> _Problem:
     n_rewrite = len(templates)
     essence = list(essence_templates)
     all_templates = templates + essence
@@ -277,17 +279,13 @@ def _prepare(model, layer: int, fact, templates, answer, objective, essence_temp
     full = logits0[reads.rows.to(logits0.device), reads.positions.to(logits0.device)]
     runner.logits = None  # only the read positions are needed from here on
     resid = runner.cache[entering]
-    if check_partial and not _same(full, _partial_logits(runner, layer, resid, reads)):
-        log.info("the partial forward from block %d differs from the full forward on this model; "
-                 "optimising with full forwards", layer)
-        runner = None
     lp0, seq0, text_lp0 = reads.read(full.float().log_softmax(-1))
     first_ids = batch.first_target_ids
     first = first_ids[:n_rewrite]
     # forgetting: the essence prompts keep their distribution, minus the forgotten target itself
     essence_q = _without_targets(lp0[n_rewrite:], first_ids[n_rewrite:]) if objective == "forget" \
         else lp0[n_rewrite:].exp()
-    return _Problem(batch, positions, n_rewrite, reads, runner, layer, resid, lp0, seq0[:n_rewrite],
+    return _Problem(batch, positions, n_rewrite, reads, runner, layer, resid, full, lp0, seq0[:n_rewrite],
                     first, _without_targets(lp0[:n_rewrite], first), essence_q, text_lp0, base_norm)
 
 
@@ -299,14 +297,27 @@ def _partial_logits(runner: Runner, layer: int, resid: torch.Tensor, reads: _Rea
     return runner.logits_of(picked[None])[0]
 
 
-def _read_logprobs(model, prob: _Problem) -> torch.Tensor:
-    """``[n_read, d_vocab]`` float32 log-probs at the read positions on the model as it is now
-    (hooks included): the partial forward, or a full forward where that was found to differ."""
+def _read_logits(model, prob: _Problem) -> torch.Tensor:
+    """``[n_read, d_vocab]`` logits at the read positions on the model as it is now (hooks
+    included): the partial forward, or a full forward where that was found to differ."""
     if prob.runner is not None:
-        return _partial_logits(prob.runner, prob.layer, prob.resid, prob.reads).float().log_softmax(-1)
+        return _partial_logits(prob.runner, prob.layer, prob.resid, prob.reads)
     logits = model(prob.batch.tokens)
     reads = prob.reads
-    return logits[reads.rows.to(logits.device), reads.positions.to(logits.device)].float().log_softmax(-1)
+    return logits[reads.rows.to(logits.device), reads.positions.to(logits.device)]
+
+
+def _checked(model, prob: _Problem, logits: torch.Tensor) -> torch.Tensor:
+    """The first step's ``logits``, read while ``delta`` is zero, must be the unedited model's: if
+    the partial forward's differ from the full forward's, optimise with full forwards from here
+    on (and read this step again with one)."""
+    full, prob.logits0 = prob.logits0, None  # needed only for this check
+    if prob.runner is None or _same(full, logits):
+        return logits
+    log.info("the partial forward from block %d differs from the full forward on this model; "
+             "optimising with full forwards", prob.layer)
+    prob.runner = None
+    return _read_logits(model, prob)
 
 
 def _same(full: torch.Tensor, partial: torch.Tensor) -> bool:
