@@ -114,7 +114,8 @@ _AFTER_BLOCKS = ("ln_final", "unembed", "hook_unembed")
 def first_answer_logprobs(model, batch: PromptBatch, fwd_hooks=()) -> torch.Tensor:
     """``[batch, d_vocab]`` float32 log-probabilities at each row's last prompt position (the
     distribution of the answer's first token; differentiable), from :func:`answer_logits`."""
-    return answer_logits(model, batch, fwd_hooks)[batch.first_answer_index()].float().log_softmax(-1)
+    logits = answer_logits(model, batch, fwd_hooks)  # [n_answer, d_vocab]
+    return logits[batch.first_answer_index().to(logits.device)].float().log_softmax(-1)
 
 
 def answer_logprobs(model, batch: PromptBatch, fwd_hooks=()) -> torch.Tensor:
