@@ -263,6 +263,10 @@ def test_key_reads_stop_the_forward_pass_after_their_layer(tiny):
     assert torch.equal(early[0].input, whole[0].input) and early[1].input is None
     assert not first._forward_pre_hooks and not second._forward_pre_hooks
     assert torch.equal(_logits(tiny), before)
+    stray = torch.nn.Linear(2, 2)  # never called by the model: the pass runs whole, then says so
+    with torch.no_grad(), pytest.raises(RuntimeError, match="never called 1 of the modules"):
+        forward_until(tiny, tokens, [first, stray])
+    assert not first._forward_pre_hooks and not stray._forward_pre_hooks
     stats = key_stats(tiny, [0], SampleSpec(n_sequences=4, length=8), progress=False)[0]
     assert stats.n_tokens > 0 and torch.isfinite(stats.second_moment).all()
 
