@@ -22,6 +22,7 @@ _EXPORTS = {
     "score_fact": "excise.scoring",
     "forgotten": "excise.criteria",
     "kept": "excise.criteria",
+    "weakened": "excise.criteria",
     "compare": "excise.comparison",
     "Comparison": "excise.comparison",
     "MLP": "excise.components",

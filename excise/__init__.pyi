@@ -12,6 +12,7 @@ from excise.components import Head as Head
 from excise.components import Neuron as Neuron
 from excise.criteria import forgotten as forgotten
 from excise.criteria import kept as kept
+from excise.criteria import weakened as weakened
 from excise.edit.ablation import ablate as ablate
 from excise.edit.batch import memit as memit
 from excise.edit.rank_one import rome as rome

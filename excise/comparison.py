@@ -8,8 +8,8 @@ Every place that asks "was the fact forgotten and the rest kept?" (verification,
   same-subject facts (other relations of the subject) and same-answer facts (other subjects with
   the same answer) (to keep), as ``(prompt, target)`` pairs (:func:`fact_pairs`);
 * each group scored on the state before and the state after (:mod:`excise.scoring`);
-* ``forgotten(group)`` / ``kept(group)`` by :mod:`excise.criteria`; a probe to keep only counts
-  when the model knew its answer before the edit.
+* ``forgotten(group)`` / ``kept(group)`` / ``weakened(group)`` by :mod:`excise.criteria`; a probe
+  to keep only counts when the model knew its answer before the edit.
 
 Facts edited together are compared together: a neighbour or same-subject probe that states
 another fact of the batch is meant to be forgotten too, so it is left out of the probes to keep.
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from excise.criteria import forgotten, kept
+from excise.criteria import forgotten, kept, weakened
 from excise.scoring import Scores, score_targets
 
 GROUPS = ("prompt", "paraphrases", "held_out_paraphrases", "neighbors", "same_subject", "same_answer")
@@ -93,6 +93,21 @@ class Comparison:
         """``[n]`` bool per pair of ``group``: still produced after the edit (:func:`excise.criteria.kept`)."""
         return kept(self.after[group])
 
+    def weakened(self, group: str) -> torch.Tensor:
+        """``[n]`` bool per pair of ``group``: kept, but its probability more than halved
+        (:func:`excise.criteria.weakened`)."""
+        return weakened(self.before[group], self.after[group])
+
+    def weakened_tally(self) -> tuple[int, int]:
+        """``(weakened, kept)`` over every group to keep, among the pairs known before the edit:
+        how much of what :meth:`tally` calls kept lost more than half its probability."""
+        hits = total = 0
+        for group in (g for g in TO_KEEP if g in self.before):  # reports saved before a group existed
+            was = self.known_before(group)
+            hits += int((self.weakened(group) & was).sum())
+            total += int((self.kept(group).bool() & was).sum())
+        return hits, total
+
     def known_before(self, group: str) -> torch.Tensor:
         """``[n]`` bool: the model produced the answer before the edit."""
         return self.before[group].known.bool()
@@ -114,13 +129,13 @@ class Comparison:
         """One JSON-able record per pair: ``kind`` (its group), prompt, target, scores before/after, verdicts."""
         out = []
         for group in GROUPS:
-            gone, still = self.forgotten(group), self.kept(group)
+            gone, still, weak = self.forgotten(group), self.kept(group), self.weakened(group)
             b, a = self.before[group], self.after[group]
             for i, (prompt, target) in enumerate(self.pairs[group]):
                 out.append({"fact": self.fact.id, "kind": group, "prompt": prompt, "target": target,
                             "prob_before": float(b.prob[i]), "prob_after": float(a.prob[i]),
                             "rank_before": int(b.rank[i]), "rank_after": int(a.rank[i]),
-                            "forgotten": bool(gone[i]), "kept": bool(still[i])})
+                            "forgotten": bool(gone[i]), "kept": bool(still[i]), "weakened": bool(weak[i])})
         return out
 
 

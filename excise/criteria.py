@@ -5,6 +5,9 @@
   probability fell by at least 90% relative to before the edit.
 * **kept** (neighbours, the subject's other facts): greedy decoding still produces the whole
   target after the edit (``Scores.known``).
+* **weakened**: kept, but its sequence probability fell by more than half (:data:`WEAKENED_DROP`).
+  Greedy decoding hides that damage (a neighbour at p = 0.7 before and 0.25 after is still
+  kept), so reports count it beside the probes kept.
 
 Editors that train towards forgetting (the value optimisation, the fine-tuning baselines) stop
 when :func:`dethroned_and_fell` holds with :data:`TRAINING_MARGIN` nats to spare, a stricter
@@ -20,6 +23,8 @@ import torch
 from excise.scoring import Scores
 
 PROB_DROP = 0.90
+WEAKENED_DROP = 0.5
+"""The share of a kept answer's probability whose loss counts it as :func:`weakened`."""
 TRAINING_MARGIN = math.log(30.0)
 """Nats an editor's training drives the target down by: a 96.7% drop, slack over :data:`PROB_DROP`."""
 
@@ -38,3 +43,8 @@ def forgotten(before: Scores, after: Scores, prob_drop: float = PROB_DROP) -> to
 def kept(after: Scores) -> torch.Tensor:
     """``[n]`` bool: the expected answer is still produced by greedy decoding."""
     return after.known.clone()
+
+
+def weakened(before: Scores, after: Scores, prob_drop: float = WEAKENED_DROP) -> torch.Tensor:
+    """``[n]`` bool: kept after the edit, yet its probability fell by more than ``prob_drop``."""
+    return kept(after).bool() & (after.logprob < before.logprob + math.log1p(-prob_drop))

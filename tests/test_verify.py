@@ -300,6 +300,37 @@ def test_circuits_show_an_ablated_head_and_neuron_go_silent(tiny, tmp_path):
     assert json.loads(report.to_json(tmp_path / "r.json"))["circuits"]["after"][0]["neurons"]["index"]
 
 
+def test_a_kept_answer_that_lost_more_than_half_its_probability_is_counted_weakened():
+    """Greedy decoding keeps a neighbour at p 0.7 -> 0.25, so "kept" alone would hide the damage:
+    the summary counts it weakened; 0.7 -> 0.4 is not, and a lost or never-known probe is neither."""
+    from excise.comparison import GROUPS, Comparison, fact_pairs
+    from excise.scoring import Scores
+    from excise.verify.report import Summary
+
+    fact = capital_fact()
+    pairs = fact_pairs(fact)
+
+    def scores(probs, known):
+        n = len(probs)
+        return Scores(torch.tensor(probs).log(), torch.zeros(n, dtype=torch.long), torch.tensor(known, dtype=torch.bool))
+
+    before = {g: scores([0.9] * len(pairs[g]), [True] * len(pairs[g])) for g in GROUPS}
+    after = {g: scores([0.001] * len(pairs[g]), [False] * len(pairs[g])) for g in GROUPS}
+    n = len(pairs["neighbors"])
+    assert n >= 4, "the test needs four neighbours"
+    rest = n - 4
+    before["neighbors"] = scores([0.7, 0.7, 0.7, 0.01] + [0.9] * rest, [True, True, True, False] + [True] * rest)
+    after["neighbors"] = scores([0.25, 0.4, 0.2, 0.002] + [0.9] * rest, [True, True, False, True] + [True] * rest)
+    comparison = Comparison(fact, pairs, before, after)
+    assert comparison.weakened("neighbors")[:4].tolist() == [True, False, False, True]
+    assert comparison.tally("neighbors") == (n - 2, n - 1)  # the never-known fourth does not count
+    assert comparison.weakened_tally() == (1, n - 2)  # same subject and same answer: all lost
+    summary = Summary.of(comparison)
+    assert summary.cells()["kept_weakened"] == f"1/{n - 2}"
+    rows = [r for r in comparison.rows() if r["kind"] == "neighbors"]
+    assert [r["weakened"] for r in rows[:3]] == [True, False, False]
+
+
 def test_batch_scoring_does_not_count_co_edited_facts_as_neighbours():
     """Forgetting France and Germany together: 'capital of Germany' is no neighbour to keep."""
     from excise.comparison import fact_pairs

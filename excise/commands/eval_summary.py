@@ -50,9 +50,9 @@ def summarize(rows: list[dict]) -> dict:
     done = [r for r in rows if "verdict" in r]
     out = {"facts": len(rows), "evaluated": len(done), "skipped": len(rows) - len(done)}
     out["efficacy"] = wilson(sum(r["summary"]["prompt_forgotten"] for r in done), len(done))
-    for name in SUMMARY_TALLIES:
-        out[name] = wilson(sum(r["summary"][name]["hits"] for r in done),
-                           sum(r["summary"][name]["total"] for r in done))
+    for name in SUMMARY_TALLIES:  # rows an older version wrote may lack a newer tally
+        tallies = [r["summary"].get(name, {"hits": 0, "total": 0}) for r in done]
+        out[name] = wilson(sum(t["hits"] for t in tallies), sum(t["total"] for t in tallies))
     out["verdicts"] = {v: wilson(sum(r["verdict"] == v for r in done), len(done))
                        for v in ("forgotten", "recoverable", "not forgotten")}
     out["attacks"] = _attacks(done)

@@ -78,7 +78,9 @@ def _verdict(row: dict, known_before: bool) -> str:
         return "forgotten" if row["forgotten"] else "not forgotten"
     if not known_before:
         return "not known before"
-    return "kept" if row["kept"] else "lost"
+    if not row["kept"]:
+        return "lost"
+    return "kept, p more than halved" if row["weakened"] else "kept"
 
 
 def _summary(comparison: Comparison) -> str:

@@ -39,7 +39,8 @@ class Tally:
 SUMMARY_TALLIES = {"paraphrases_forgotten": "paraphrases forgotten",
                    "held_out_paraphrases_forgotten": "held-out paraphrases forgotten",
                    "neighbors_kept": "neighbours kept", "same_subject_kept": "same subject kept",
-                   "same_answer_kept": "same answer kept"}
+                   "same_answer_kept": "same answer kept",
+                   "kept_weakened": "kept, p more than halved"}
 """The :class:`Summary` tallies and their column titles, in the order tables show them."""
 
 
@@ -47,7 +48,8 @@ SUMMARY_TALLIES = {"paraphrases_forgotten": "paraphrases forgotten",
 class Summary:
     """One fact at a glance: the prompt forgotten?, paraphrases and held-out paraphrases forgotten,
     and, among the neighbours, same-subject and same-answer facts known before the edit, how many
-    are still known."""
+    are still known; ``kept_weakened``: of those still known, how many lost more than half their
+    probability (damage that "kept" alone hides)."""
 
     prompt_forgotten: bool
     paraphrases_forgotten: Tally
@@ -55,12 +57,14 @@ class Summary:
     same_subject_kept: Tally
     held_out_paraphrases_forgotten: Tally = Tally(0, 0)
     same_answer_kept: Tally = Tally(0, 0)
+    kept_weakened: Tally = Tally(0, 0)
 
     @classmethod
     def of(cls, comparison: Comparison) -> Summary:
         tally = {group: Tally(*comparison.tally(group)) for group in GROUPS[1:]}
         return cls(comparison.prompt_forgotten, tally["paraphrases"], tally["neighbors"],
-                   tally["same_subject"], tally["held_out_paraphrases"], tally["same_answer"])
+                   tally["same_subject"], tally["held_out_paraphrases"], tally["same_answer"],
+                   Tally(*comparison.weakened_tally()))
 
     def cells(self) -> dict:
         """The summary as printed: the prompt's bool and ``"hits/total"`` strings."""
@@ -124,6 +128,8 @@ class FactReport:
                                 {g: scores_from_dict(s["after"]) for g, s in scores.items()})
         summary = record["summary"]
         tallies = {k: Tally(**v) for k, v in summary.items() if isinstance(v, dict)}
+        if "kept_weakened" not in tallies:  # a report from before that tally: count it from its scores
+            tallies["kept_weakened"] = Tally(*comparison.weakened_tally())
         metrics = record.get("metrics")
         return cls(fact=fact, verdict=record["verdict"], reason=record["reason"],
                    summary=Summary(prompt_forgotten=summary["prompt_forgotten"], **tallies),
