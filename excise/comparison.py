@@ -101,12 +101,9 @@ class Comparison:
     def weakened_tally(self) -> tuple[int, int]:
         """``(weakened, kept)`` over every group to keep, among the pairs known before the edit:
         how much of what :meth:`tally` calls kept lost more than half its probability."""
-        hits = total = 0
-        for group in (g for g in TO_KEEP if g in self.before):  # reports saved before a group existed
-            was = self.known_before(group)
-            hits += int((self.weakened(group) & was).sum())
-            total += int((self.kept(group).bool() & was).sum())
-        return hits, total
+        groups = [g for g in TO_KEEP if g in self.before]  # a report saved before a group existed
+        hits = sum(int((self.weakened(g) & self.known_before(g)).sum()) for g in groups)
+        return hits, sum(self.tally(g)[0] for g in groups)
 
     def known_before(self, group: str) -> torch.Tensor:
         """``[n]`` bool: the model produced the answer before the edit."""
