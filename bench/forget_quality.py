@@ -14,7 +14,9 @@ prompt forgotten); paraphrases forgotten (the fact's paraphrases, given to the e
 **held-out wordings** forgotten (``held_out_paraphrases``: subject-first, question and longer
 forms no editor reads); neighbours kept (other subjects, same relation); the subject's other facts
 kept (``same_subject``, never given to the editor); same-answer facts kept (other subjects with
-the same answer); perplexity change on the held-out text; seconds per edit.
+the same answer); of all those kept, the share whose probability more than halved (damage that
+"kept" hides; :func:`excise.criteria.weakened`); perplexity change on the held-out text; seconds
+per edit.
 
 Rows: ``rome`` is what ``excise.rome(model, fact)`` and ``excise forget`` do without options;
 ``rome-15-steps`` the default with at most 15 value-optimisation steps instead of 25 (faster,
@@ -83,13 +85,17 @@ def evaluate(model, edit, facts, ppl0, with_ppl=True):
             hit, total = comparison.tally(group)
             totals[group][0] += hit
             totals[group][1] += total
+        hit, total = comparison.weakened_tally()
+        totals["kept_weakened"][0] += hit
+        totals["kept_weakened"][1] += total
     if with_ppl:
         totals["ppl"] = [perplexity(model) / ppl0 - 1, 1]
     return totals
 
 
 COLUMNS = {"prompt": "efficacy", "paraphrases": "paraphrases", "held_out_paraphrases": "held-out wordings",
-           "neighbors": "neighbours", "same_subject": "same subject", "same_answer": "same answer"}
+           "neighbors": "neighbours", "same_subject": "same subject", "same_answer": "same answer",
+           "kept_weakened": "kept, p halved"}
 
 
 def table_row(name, split, n, agg, seconds):
