@@ -39,7 +39,7 @@ from excise.edit.prompts import rewriting_prompts
 from excise.edit.record import Edit, EditError, compute_dtype, make_edit
 from excise.edit.stats import SampleSpec, key_stats
 from excise.edit.value import ValueSettings, compute_value, objective_target
-from excise.hooks import act_name
+from excise.hooks import act_name, forward_until, trace
 from excise.scoring import score_targets
 from excise.tokens import subject_positions
 
@@ -232,11 +232,12 @@ def _group_mean(rows: torch.Tensor, groups: torch.Tensor, n: int) -> torch.Tenso
 @torch.no_grad()
 def _resid(model, layer, batch, positions, groups, n, size: int = 32) -> torch.Tensor:
     """``[n, d_model]``: residual stream after block ``layer`` at the subject token, per fact."""
-    name = act_name("resid_post", layer)
+    point = model.hook_dict[act_name("resid_post", layer)]  # its input is what a cache would hold
     parts = []
     for s in range(0, len(positions), size):
-        _, cache = model.run_with_cache(batch.tokens[s:s + size], names_filter=[name])
-        resid = cache[name].to(positions.device)  # [batch, pos, d_model], from its layer's device
+        with trace({layer: point}, inputs=True) as seen:
+            forward_until(model, batch.tokens[s:s + size], [point])  # no block above `layer` runs
+        resid = seen[layer].input.to(positions.device)  # [batch, pos, d_model], from its layer's device
         rows = torch.arange(len(positions[s:s + size]), device=positions.device)
         parts.append(resid[rows, positions[s:s + size]].float())
     return _group_mean(torch.cat(parts), groups, n)
