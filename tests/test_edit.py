@@ -404,3 +404,29 @@ def _value_equals_full_forward_value(model):
         assert partial["final"]["text_kl"] == pytest.approx(full["final"]["text_kl"], rel=1e-3, abs=1e-7)
         infos.append((partial, full))
     return infos[0]
+
+
+def test_prompts_the_direction_barely_reaches_are_named_and_can_be_left_out(tiny):
+    """Each prompt to forget gets its ``k . u`` (its subject key against the edit's direction); those
+    far below the best are named, and ``min_reach`` leaves them out of the value optimisation."""
+    from dataclasses import replace
+
+    from excise.edit.keys import BLANK_TARGET, mlp_keys, subject_batch
+    from excise.edit.value import compute_value, reached
+
+    assert reached(torch.tensor([2.0, 0.1, 0.5]), 0.2).tolist() == [True, False, True]
+    assert reached(torch.tensor([-1.0, -2.0]), 0.2).all()  # nothing reached: every prompt stays
+    settings = ValueSettings(n_prefixes=2, steps=2, subject_probes=False)
+    direction = torch.randn(tiny.cfg.d_mlp, generator=torch.Generator().manual_seed(1)) / tiny.cfg.d_mlp
+    _, every = compute_value(tiny, FACT, 1, settings=settings, direction=direction)
+    prompts, reach = every["rewrite_prompts"], torch.tensor(every["reach"])
+    templates = [p.replace(FACT.subject, "{}") for p in prompts]
+    batch, positions = subject_batch(tiny, templates, [FACT.subject] * len(prompts), [BLANK_TARGET] * len(prompts))
+    keys = mlp_keys(tiny, 1, batch.tokens, positions)  # [n, d_mlp]
+    assert torch.allclose(reach, keys.float() @ direction, rtol=1e-3, atol=1e-4)
+    assert every["low_reach_prompts"] == [p for p, r in zip(prompts, reach) if r < 0.2 * reach.max()]
+    assert every["left_out_prompts"] == []  # by default every prompt is optimised
+    _, best_only = compute_value(tiny, FACT, 1, settings=replace(settings, min_reach=1.0), direction=direction)
+    assert best_only["left_out_prompts"] == [p for p, r in zip(prompts, reach) if r < reach.max()]
+    assert 0 < len(best_only["left_out_prompts"]) < len(prompts)
+    assert best_only["final"]["main"] != pytest.approx(every["final"]["main"])

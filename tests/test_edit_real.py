@@ -183,6 +183,11 @@ def test_default_rome_keeps_the_subjects_other_facts_without_being_told(real_mod
         (c,) = compare(model, [bundled], before=edit.reverted(model))
     finally:
         edit.undo(model)
+    # the direction barely reaches France where it opens the text (its key differs right after
+    # BOS): those wordings are named; the prompt itself, in running text, is reached
+    low = edit.info["value"]["low_reach_prompts"]
+    assert low and all(p.startswith("France") for p in low), low
+    assert told.text not in low and edit.info["value"]["left_out_prompts"] == []
     assert c.prompt_forgotten
     assert c.tally("same_subject") == (2, 2)  # the language and the currency of France
     hits, total = c.tally("same_answer")  # the Eiffel Tower, the Louvre, ... are still in Paris

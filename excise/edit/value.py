@@ -23,7 +23,10 @@ sees what the edit will really do: paraphrases whose subject key is only partly 
 ``k*`` get a proportionally smaller push (and ``delta`` grows until they are forgotten too), and a
 KL term on the tokens before the subject (ordinary text) penalises a direction that fires there.
 Optimisation stops early once every prompt meets the goal (forget: the target's sequence
-probability fell by ``margin`` nats and it is no longer ranked first).
+probability fell by ``margin`` nats and it is no longer ranked first). Prompts the edit's
+direction barely reaches (``k . u`` far below the other prompts': in practice a subject that
+opens the text) are named in the info and the log, since they will probably keep the answer;
+``min_reach`` leaves them out of the losses and the goal.
 
 Each step runs only what ``delta`` can change: blocks ``layer..`` from the cached residual stream
 entering block ``layer`` (:class:`excise.runner.Runner`), and the unembedding only at the positions
@@ -52,6 +55,9 @@ from excise.scoring import row_sums
 log = logging.getLogger(__name__)
 
 ESSENCE_TEMPLATES = ("{} is a", "{} is known for")
+LOW_REACH = 0.2
+"""A prompt to forget whose ``k . u`` is below this share of the best-reached prompt's is named
+as barely reached (:func:`reached`)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,11 @@ class ValueSettings:
     optimisation early (:data:`excise.criteria.TRAINING_MARGIN`). ``subject_probes``: probe the
     subject with :data:`~excise.edit.subject_probes.SUBJECT_TEMPLATES` and forget where the model
     states the fact, keep (KL, like the essence prompts) where it states another.
+    ``min_reach``: with ``direction=`` (the exact rank-one simulation), a prompt to forget whose
+    subject key the edit reaches with ``k . u`` below this share of the best-reached prompt's
+    ``k . u`` is left out of the losses and of the goal (see :func:`reached`); 0 keeps them all
+    (the default: leaving them out is faster but kept fewer of the subject's other facts on the
+    tuning facts; README).
     """
 
     n_prefixes: int = 4
@@ -81,6 +92,7 @@ class ValueSettings:
     text_kl_weight: float = 0.5
     essence_templates: tuple[str, ...] = ESSENCE_TEMPLATES
     subject_probes: bool = True
+    min_reach: float = 0.0
 
 
 def objective_target(fact, objective: str, new_target: str | None) -> str:
@@ -151,6 +163,8 @@ class _Problem:
     lp0: torch.Tensor  # [batch, d_vocab] answer log-probs before the edit
     seq0: torch.Tensor  # [n_rewrite] target sequence log-probs before the edit
     first: torch.Tensor  # [n_rewrite] first answer token
+    keys: torch.Tensor  # [n_rewrite, d_mlp] the MLP's key at the subject, before the edit
+    aimed: torch.Tensor  # [n_rewrite] bool: prompts the losses and the goal count
     forget_q: torch.Tensor  # [n_rewrite, d_vocab] before-distribution without the target
     essence_q: torch.Tensor  # [n_essence, d_vocab] what the essence prompts should predict
     text_lp0: torch.Tensor  # [n_text, d_vocab] next-token log-probs before the subject, before the edit
@@ -183,6 +197,13 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
         prob = _prepare(model, layer, fact, templates, answer, objective, essence)
         if output_scale is not None and output_scale < prob.base_norm:
             prob.base_norm = float(output_scale)
+        reach, low = None, []
+        if direction is not None:
+            reach = prob.keys.float() @ direction.to(prob.keys.device, torch.float32)  # [n_rewrite]
+            low = [t.format(fact.subject) for t, ok in zip(templates, reached(reach, LOW_REACH)) if not ok]
+            if objective == "forget" and s.min_reach > 0:
+                prob.aimed = reached(reach, s.min_reach).to(prob.first.device)
+            _say_low_reach(fact, templates, reach, prob.aimed, layer)
         delta = torch.zeros(model.cfg.d_model, dtype=torch.float32,  # whatever the model's dtype
                             device=prob.batch.tokens.device, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=s.lr)
@@ -213,10 +234,48 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
         "target_logprob_before": prob.seq0.tolist(), "target_logprob_after": seq.detach().tolist(),
         "mlp_output_norm": prob.base_norm, "delta_norm": float(delta.detach().norm()),
         "kept_prompts": [t.format(fact.subject) for t in essence],
+        "reach": None if reach is None else [round(float(r), 4) for r in reach],
+        "low_reach_prompts": low,
+        "left_out_prompts": [t.format(fact.subject) for t, aimed in zip(templates, prob.aimed.tolist())
+                             if not aimed],
         "subject_probes": None if found is None else {
             "forget": list(found.forget), "keep": list(found.keep), "keep_answers": list(found.keep_answers)},
     }
     return delta.detach(), info
+
+
+def reached(reach: torch.Tensor, min_reach: float) -> torch.Tensor:
+    """``[n]`` bool: the prompts to forget that a rank-one edit reaches, from each prompt's
+    ``k . u`` ``[n]`` (its subject key against the edit's direction, which scales the value the
+    edit adds there): those at ``min_reach`` of the best-reached prompt's or more.
+
+    A subject that *opens* the text has a very different key (the first position after BOS is
+    where attention sinks), and for some subjects the direction barely reaches it: the value
+    would have to grow many times over to move those prompts, and the optimisation spends its
+    steps and the value's norm on them in vain. ``info["low_reach_prompts"]`` names those below
+    :data:`LOW_REACH`; ``ValueSettings.min_reach`` leaves them out of the losses and the goal, so
+    the edit stops once the prompts it can reach are forgotten (verification still scores them).
+    """
+    best = reach.max()
+    if not best > 0:
+        return torch.ones_like(reach, dtype=torch.bool)
+    return reach >= min_reach * best
+
+
+def _say_low_reach(fact, templates, reach: torch.Tensor, aimed: torch.Tensor, layer: int) -> None:
+    """Log the prompts to forget below :data:`LOW_REACH`: a warning when the fact's own prompt is
+    one of them (the edit will probably not forget what it was asked to), else at info level."""
+    low = reached(reach, LOW_REACH)
+    names = [(t.format(fact.subject), float(r), bool(a)) for t, ok, r, a in zip(templates, low, reach, aimed)
+             if not ok]
+    if not names:
+        return
+    listed = "; ".join(f"{p!r} (k.u {r:.2f}{'' if a else ', left out'})" for p, r, a in names)
+    level = logging.WARNING if fact.text in [p for p, _, _ in names] else logging.INFO
+    log.log(level, "the rank-one edit at layer %d barely reaches %d of %d prompts to forget (best k.u "
+            "%.2f), which will probably keep the answer: %s. Where the subject opens the text its key "
+            "differs; another layer may reach it.", layer, len(names), len(templates),
+            float(reach.max()), listed)
 
 
 def output_scale(model, fact, layer: int, objective: str = "forget", new_target: str | None = None,
@@ -271,9 +330,12 @@ def _prepare(model, layer: int, fact, templates, answer, objective, essence_temp
                                      [answer] * n_rewrite + [fact.target] * len(essence))
     entering = act_name("resid", layer)
     # one forward: logits, the MLP's output, and the block inputs a partial forward starts from
-    with trace({"mlp_out": mlp_out_module(model, layer)}, outputs=True) as seen:
+    with trace({"mlp_out": mlp_out_module(model, layer)}, inputs=True, outputs=True) as seen:
         runner = Runner(model, batch.tokens, [entering])
     base_norm = _output_norm(seen["mlp_out"].output[:n_rewrite], positions[:n_rewrite])
+    rows = torch.arange(n_rewrite)
+    keys = seen["mlp_out"].input[rows.to(seen["mlp_out"].input.device),
+                                 positions[:n_rewrite].to(seen["mlp_out"].input.device)]
     reads = _Reads.of(batch, _before_subject_mask(model, all_templates, batch.tokens.shape))
     logits0 = runner.logits  # [batch, pos, d_vocab]
     full = logits0[reads.rows.to(logits0.device), reads.positions.to(logits0.device)]
@@ -286,7 +348,8 @@ def _prepare(model, layer: int, fact, templates, answer, objective, essence_temp
     essence_q = _without_targets(lp0[n_rewrite:], first_ids[n_rewrite:]) if objective == "forget" \
         else lp0[n_rewrite:].exp()
     return _Problem(batch, positions, n_rewrite, reads, runner, layer, resid, full, lp0, seq0[:n_rewrite],
-                    first, _without_targets(lp0[:n_rewrite], first), essence_q, text_lp0, base_norm)
+                    first, keys, torch.ones(n_rewrite, dtype=torch.bool, device=first.device),
+                    _without_targets(lp0[:n_rewrite], first), essence_q, text_lp0, base_norm)
 
 
 def _partial_logits(runner: Runner, layer: int, resid: torch.Tensor, reads: _Reads) -> torch.Tensor:
@@ -348,10 +411,11 @@ def _loss(logprobs, prob: _Problem, objective: str, s: ValueSettings, delta, wit
     lp, seq, text_lp = prob.reads.read(logprobs)
     seq = seq[:n]
     if objective == "forget":
-        rows = torch.arange(n, device=lp.device)
-        push = (lp[rows, prob.first] - (prob.lp0[rows, prob.first] - s.margin)).clamp_min(0).mean()
-        main = _kl(prob.forget_q, lp[:n]) + push
-        done = bool(dethroned_and_fell(prob.seq0, seq, lp[:n].argmax(-1) != prob.first, s.margin).all())
+        rows = torch.arange(n, device=lp.device)[prob.aimed]
+        push = (lp[rows, prob.first[rows]] - (prob.lp0[rows, prob.first[rows]] - s.margin)).clamp_min(0).mean()
+        main = _kl(prob.forget_q[rows], lp[rows]) + push
+        met = dethroned_and_fell(prob.seq0, seq, lp[:n].argmax(-1) != prob.first, s.margin)
+        done = bool(met[prob.aimed].all())
     else:
         n_tok = torch.tensor([len(t) for t in prob.batch.target_ids[:n]], device=seq.device)
         main = (-seq / n_tok).mean()
