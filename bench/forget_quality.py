@@ -16,7 +16,8 @@ forms no editor reads); neighbours kept (other subjects, same relation); the sub
 kept (``same_subject``, never given to the editor); same-answer facts kept (other subjects with
 the same answer); of all those kept, the share whose probability more than halved (damage that
 "kept" hides; :func:`excise.criteria.weakened`); perplexity change on the held-out text; seconds
-per edit.
+per edit; value-optimisation steps per edit (rank-one rows: a cost that does not depend on the
+machine).
 
 Rows: ``rome`` is what ``excise.rome(model, fact)`` and ``excise forget`` do without options;
 ``rome-15-steps`` the default with at most 15 value-optimisation steps instead of 25 (faster,
@@ -108,8 +109,10 @@ def table_row(name, split, n, agg, seconds):
         return f"{100 * hit / total:5.1f}% ({total:3d})" if total else "   n/a     "
     ppl = agg.get("ppl")
     ppl_text = f"{100 * ppl[0] / ppl[1]:+6.2f}%" if ppl and ppl[1] else "   n/a"
+    steps = agg.get("value_steps")
+    steps_text = f"{steps[0] / steps[1]:5.1f}" if steps and steps[1] else "  n/a"
     return (f"| {name:26s} | {split:8s} | {n:3d} | " + " | ".join(pct(g) for g in COLUMNS)
-            + f" | {ppl_text} | {seconds:6.1f} |")
+            + f" | {ppl_text} | {seconds:6.1f} | {steps_text} |")
 
 
 def json_row(name, split, n, agg, seconds):
@@ -118,9 +121,10 @@ def json_row(name, split, n, agg, seconds):
     for group, label in COLUMNS.items():
         hit, total = agg.get(group, (0, 0))
         columns[label] = {"hits": hit, "total": total, "rate": hit / total if total else None}
-    ppl = agg.get("ppl")
+    ppl, steps = agg.get("ppl"), agg.get("value_steps")
     return {"method": name, "split": split, "n": n, "columns": columns,
-            "perplexity_change": ppl[0] / ppl[1] if ppl and ppl[1] else None, "seconds_per_edit": seconds}
+            "perplexity_change": ppl[0] / ppl[1] if ppl and ppl[1] else None, "seconds_per_edit": seconds,
+            "value_steps_per_edit": steps[0] / steps[1] if steps and steps[1] else None}
 
 
 def write_json(path, rows, about):
@@ -133,8 +137,8 @@ def write_json(path, rows, about):
     os.replace(tmp, path)
 
 
-HEADER = ("| method | split | n | " + " | ".join(COLUMNS.values()) + " | ppl | s/edit |\n"
-          + "|---" * (len(COLUMNS) + 5) + "|")
+HEADER = ("| method | split | n | " + " | ".join(COLUMNS.values()) + " | ppl | s/edit | value steps/edit |\n"
+          + "|---" * (len(COLUMNS) + 6) + "|")
 
 
 def main():
@@ -177,6 +181,9 @@ def main():
                 for kind, (hit, total) in evaluate(model, edit, [fact], ppl0).items():
                     agg[kind][0] += hit
                     agg[kind][1] += total
+                if edit.info.get("value", {}).get("steps") is not None:  # rank-one edits
+                    agg["value_steps"][0] += edit.info["value"]["steps"]
+                    agg["value_steps"][1] += 1
                 edit.undo(model)
                 print(f"  after {fact.id}: " + table_row(name, split, len(chosen), agg, seconds),
                       file=sys.stderr, flush=True)
