@@ -411,11 +411,13 @@ def _loss(logprobs, prob: _Problem, objective: str, s: ValueSettings, delta, wit
     lp, seq, text_lp = prob.reads.read(logprobs)
     seq = seq[:n]
     if objective == "forget":
-        rows = torch.arange(n, device=lp.device)[prob.aimed]
-        push = (lp[rows, prob.first[rows]] - (prob.lp0[rows, prob.first[rows]] - s.margin)).clamp_min(0).mean()
+        aimed = prob.aimed.to(lp.device)
+        rows = torch.arange(n, device=lp.device)[aimed]
+        first = prob.first.to(lp.device)[rows]
+        push = (lp[rows, first] - (prob.lp0[rows, first] - s.margin)).clamp_min(0).mean()
         main = _kl(prob.forget_q[rows], lp[rows]) + push
         met = dethroned_and_fell(prob.seq0, seq, lp[:n].argmax(-1) != prob.first, s.margin)
-        done = bool(met[prob.aimed].all())
+        done = bool(met[aimed.to(met.device)].all())
     else:
         n_tok = torch.tensor([len(t) for t in prob.batch.target_ids[:n]], device=seq.device)
         main = (-seq / n_tok).mean()
