@@ -197,13 +197,15 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
         prob = _prepare(model, layer, fact, templates, answer, objective, essence)
         if output_scale is not None and output_scale < prob.base_norm:
             prob.base_norm = float(output_scale)
+        prompts = [t.format(fact.subject) for t in templates]
         reach, low = None, []
         if direction is not None:
             reach = prob.keys.float() @ direction.to(prob.keys.device, torch.float32)  # [n_rewrite]
-            low = [t.format(fact.subject) for t, ok in zip(templates, reached(reach, LOW_REACH)) if not ok]
             if objective == "forget" and s.min_reach > 0:
                 prob.aimed = reached(reach, s.min_reach).to(prob.first.device)
-            _say_low_reach(fact, templates, reach, prob.aimed, layer)
+            low = [(p, float(r), bool(a)) for p, ok, r, a in
+                   zip(prompts, reached(reach, LOW_REACH), reach, prob.aimed) if not ok]
+            _say_low_reach(fact, low, len(prompts), float(reach.max()), layer)
         delta = torch.zeros(model.cfg.d_model, dtype=torch.float32,  # whatever the model's dtype
                             device=prob.batch.tokens.device, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=s.lr)
@@ -228,16 +230,15 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
                 if delta.norm() > max_norm:
                     delta.mul_(max_norm / delta.norm())
     info = {
-        "objective": objective, "answer": answer, "rewrite_prompts": [t.format(fact.subject) for t in templates],
+        "objective": objective, "answer": answer, "rewrite_prompts": prompts,
         "steps": len(history), "goal_met": done, "final": history[-1], "exact": direction is not None,
         "partial_forward": prob.runner is not None,
         "target_logprob_before": prob.seq0.tolist(), "target_logprob_after": seq.detach().tolist(),
         "mlp_output_norm": prob.base_norm, "delta_norm": float(delta.detach().norm()),
         "kept_prompts": [t.format(fact.subject) for t in essence],
         "reach": None if reach is None else [round(float(r), 4) for r in reach],
-        "low_reach_prompts": low,
-        "left_out_prompts": [t.format(fact.subject) for t, aimed in zip(templates, prob.aimed.tolist())
-                             if not aimed],
+        "low_reach_prompts": [p for p, _, _ in low],
+        "left_out_prompts": [p for p, aimed in zip(prompts, prob.aimed.tolist()) if not aimed],
         "subject_probes": None if found is None else {
             "forget": list(found.forget), "keep": list(found.keep), "keep_answers": list(found.keep_answers)},
     }
@@ -262,20 +263,17 @@ def reached(reach: torch.Tensor, min_reach: float) -> torch.Tensor:
     return reach >= min_reach * best
 
 
-def _say_low_reach(fact, templates, reach: torch.Tensor, aimed: torch.Tensor, layer: int) -> None:
-    """Log the prompts to forget below :data:`LOW_REACH`: a warning when the fact's own prompt is
-    one of them (the edit will probably not forget what it was asked to), else at info level."""
-    low = reached(reach, LOW_REACH)
-    names = [(t.format(fact.subject), float(r), bool(a)) for t, ok, r, a in zip(templates, low, reach, aimed)
-             if not ok]
-    if not names:
+def _say_low_reach(fact, low: list[tuple[str, float, bool]], n_prompts: int, best: float, layer: int) -> None:
+    """Log the prompts to forget below :data:`LOW_REACH` (``(prompt, k . u, optimised)`` each): a
+    warning when the fact's own prompt is one of them (the edit will probably not forget what it
+    was asked to), else at info level."""
+    if not low:
         return
-    listed = "; ".join(f"{p!r} (k.u {r:.2f}{'' if a else ', left out'})" for p, r, a in names)
-    level = logging.WARNING if fact.text in [p for p, _, _ in names] else logging.INFO
+    listed = "; ".join(f"{p!r} (k.u {r:.2f}{'' if a else ', left out'})" for p, r, a in low)
+    level = logging.WARNING if fact.text in [p for p, _, _ in low] else logging.INFO
     log.log(level, "the rank-one edit at layer %d barely reaches %d of %d prompts to forget (best k.u "
             "%.2f), which will probably keep the answer: %s. Where the subject opens the text its key "
-            "differs; another layer may reach it.", layer, len(names), len(templates),
-            float(reach.max()), listed)
+            "differs; another layer may reach it.", layer, len(low), n_prompts, best, listed)
 
 
 def output_scale(model, fact, layer: int, objective: str = "forget", new_target: str | None = None,
