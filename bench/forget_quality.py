@@ -12,7 +12,9 @@ Every single-fact row is printed for both parts.
 Columns (:mod:`excise.comparison`'s groups, judged by :mod:`excise.criteria`): efficacy (the
 prompt forgotten); paraphrases forgotten (the fact's paraphrases, given to the editor: in-sample);
 **held-out wordings** forgotten (``held_out_paraphrases``: subject-first, question and longer
-forms no editor reads); neighbours kept (other subjects, same relation); the subject's other facts
+forms no editor reads), then the same among the wordings the model stated before the edit
+(one whose answer it ranked second can only count as forgotten if its probability still falls by
+90%: :meth:`~excise.comparison.Comparison.tally_known`); neighbours kept (other subjects, same relation); the subject's other facts
 kept (``same_subject``, never given to the editor); same-answer facts kept (other subjects with
 the same answer); of all those kept, the share whose probability more than halved (damage that
 "kept" hides; :func:`excise.criteria.weakened`); perplexity change on the held-out text; seconds
@@ -90,6 +92,9 @@ def evaluate(model, edit, facts, ppl0, with_ppl=True):
             hit, total = comparison.tally(group)
             totals[group][0] += hit
             totals[group][1] += total
+        hit, total = comparison.tally_known("held_out_paraphrases")
+        totals["held_out_known"][0] += hit
+        totals["held_out_known"][1] += total
         hit, total = comparison.weakened_tally()
         totals["kept_weakened"][0] += hit
         totals["kept_weakened"][1] += total
@@ -99,7 +104,7 @@ def evaluate(model, edit, facts, ppl0, with_ppl=True):
 
 
 COLUMNS = {"prompt": "efficacy", "paraphrases": "paraphrases", "held_out_paraphrases": "held-out wordings",
-           "neighbors": "neighbours", "same_subject": "same subject", "same_answer": "same answer",
+           "held_out_known": "held-out, known before", "neighbors": "neighbours", "same_subject": "same subject", "same_answer": "same answer",
            "kept_weakened": "kept, p halved"}
 
 

@@ -118,6 +118,17 @@ class Comparison:
         was = self.known_before(group)
         return int((self.kept(group).bool() & was).sum()), int(was.sum())
 
+    def tally_known(self, group: str) -> tuple[int, int]:
+        """``(forgotten, known)`` for a group to forget: of its pairs the model produced before the
+        edit, those forgotten. :meth:`tally` counts every pair, so there a wording whose answer the
+        model never stated (ranked second, say) counts against the edit unless its probability
+        still falls by :data:`~excise.criteria.PROB_DROP`; this count leaves such wordings out."""
+        if group not in TO_FORGET:
+            raise ValueError(f"tally_known counts a group to forget ({', '.join(TO_FORGET)}), not {group!r}; "
+                             "use tally for the groups to keep")
+        was = self.known_before(group)
+        return int((self.forgotten(group).bool() & was).sum()), int(was.sum())
+
     @property
     def prompt_forgotten(self) -> bool:
         return bool(self.forgotten("prompt")[0])

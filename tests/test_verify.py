@@ -331,6 +331,43 @@ def test_a_kept_answer_that_lost_more_than_half_its_probability_is_counted_weake
     assert [r["weakened"] for r in rows[:3]] == [True, False, False]
 
 
+def test_wordings_the_model_never_stated_are_left_out_of_the_known_tally():
+    """A held-out wording whose answer the model ranked second before the edit is not forgotten
+    when its probability falls only by half: tally counts it against the edit, tally_known leaves
+    it out; a stated wording that fell is counted by both."""
+    from dataclasses import replace
+
+    from excise.comparison import GROUPS, Comparison, fact_pairs
+    from excise.scoring import Scores
+
+    fact = replace(capital_fact(), held_out_paraphrases=("Q: What is the capital of {}?\nA:",
+                                                         "{}'s capital is", "The city that is the capital of {} is"))
+    pairs = fact_pairs(fact)
+    n = len(pairs["held_out_paraphrases"])
+    assert n >= 3, "the test needs three held-out wordings"
+
+    def scores(probs, ranks, known):
+        return Scores(torch.tensor(probs).log(), torch.tensor(ranks), torch.tensor(known, dtype=torch.bool))
+
+    def same(g):
+        k = len(pairs[g])
+        return scores([0.9] * k, [0] * k, [True] * k)
+
+    before = {g: same(g) for g in GROUPS}
+    after = {g: same(g) for g in GROUPS}
+    rest = n - 3
+    before["held_out_paraphrases"] = scores([0.8, 0.2, 0.8] + [0.9] * rest, [0, 1, 0] + [0] * rest,
+                                            [True, False, True] + [True] * rest)
+    after["held_out_paraphrases"] = scores([0.01, 0.1, 0.7] + [0.9] * rest, [3, 2, 0] + [0] * rest,
+                                           [False, False, True] + [True] * rest)
+    comparison = Comparison(fact, pairs, before, after)
+    assert comparison.forgotten("held_out_paraphrases")[:3].tolist() == [True, False, False]
+    assert comparison.tally("held_out_paraphrases") == (1, n)
+    assert comparison.tally_known("held_out_paraphrases") == (1, n - 1)
+    with pytest.raises(ValueError, match="use tally"):
+        comparison.tally_known("neighbors")
+
+
 def test_batch_scoring_does_not_count_co_edited_facts_as_neighbours():
     """Forgetting France and Germany together: 'capital of Germany' is no neighbour to keep."""
     from excise.comparison import fact_pairs
