@@ -14,12 +14,12 @@ prompt forgotten); paraphrases forgotten (the fact's paraphrases, given to the e
 **held-out wordings** forgotten (``held_out_paraphrases``: subject-first, question and longer
 forms no editor reads), then the same among the wordings the model stated before the edit
 (one whose answer it ranked second can only count as forgotten if its probability still falls by
-90%: :meth:`~excise.comparison.Comparison.tally_known`); neighbours kept (other subjects, same relation); the subject's other facts
-kept (``same_subject``, never given to the editor); same-answer facts kept (other subjects with
-the same answer); of all those kept, the share whose probability more than halved (damage that
-"kept" hides; :func:`excise.criteria.weakened`); perplexity change on the held-out text; seconds
-per edit; value-optimisation steps per edit (rank-one rows: a cost that does not depend on the
-machine).
+90%: :meth:`~excise.comparison.Comparison.tally_known`); neighbours kept (other subjects, same
+relation); the subject's other facts kept (``same_subject``, never given to the editor);
+same-answer facts kept (other subjects with the same answer); of all those kept, the share whose
+probability more than halved (damage that "kept" hides; :func:`excise.criteria.weakened`);
+perplexity change on the held-out text; seconds per edit; value-optimisation steps per edit
+(rank-one rows: a cost that does not depend on the machine).
 
 Rows: ``rome`` is what ``excise.rome(model, fact)`` and ``excise forget`` do without options;
 ``rome-15-steps`` the default with at most 15 value-optimisation steps instead of 25 (faster,
@@ -104,8 +104,8 @@ def evaluate(model, edit, facts, ppl0, with_ppl=True):
 
 
 COLUMNS = {"prompt": "efficacy", "paraphrases": "paraphrases", "held_out_paraphrases": "held-out wordings",
-           "held_out_known": "held-out, known before", "neighbors": "neighbours", "same_subject": "same subject", "same_answer": "same answer",
-           "kept_weakened": "kept, p halved"}
+           "held_out_known": "held-out, known before", "neighbors": "neighbours",
+           "same_subject": "same subject", "same_answer": "same answer", "kept_weakened": "kept, p halved"}
 
 
 def table_row(name, split, n, agg, seconds):
