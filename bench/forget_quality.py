@@ -26,8 +26,8 @@ Rows: ``rome`` is what ``excise.rome(model, fact)`` and ``excise forget`` do wit
 forgets less: README); ``rome-min-reach`` the default with the prompts to forget that the
 edit's direction barely reaches left out of the value optimisation (``min_reach=LOW_REACH``:
 faster, keeps fewer same-subject facts: README); ``rome-previous`` the default before issue 14
-(layer 4 as this bench used, 2 essence prompts, no probes of its own); ``rome-plain`` plain ROME (no contrast keys, the prompt
-only, no text or essence terms beyond ROME's one, one layer). Batch rows: ``memit N-pass batch`` and ``rome
+(layer 4 as this bench used, 2 essence prompts, no probes of its own); ``rome-plain`` plain ROME
+(no contrast keys, the prompt only, no text or essence terms beyond ROME's one, one layer). Batch rows: ``memit N-pass batch`` and ``rome
 sequence`` forget many facts; a probe to keep that states another fact of the batch is not counted.
 Targets (issue 14): efficacy >= 97%, held-out wordings >= 85%, neighbours >= 97%, same subject
 >= 90%, same answer >= 90%, perplexity <= +1%, <= 5 s per edit; batch of 50: efficacy and

@@ -343,8 +343,7 @@ def test_wordings_the_model_never_stated_are_left_out_of_the_known_tally():
     fact = replace(capital_fact(), held_out_paraphrases=("Q: What is the capital of {}?\nA:",
                                                          "{}'s capital is", "The city that is the capital of {} is"))
     pairs = fact_pairs(fact)
-    n = len(pairs["held_out_paraphrases"])
-    assert n >= 3, "the test needs three held-out wordings"
+    assert len(pairs["held_out_paraphrases"]) == 3
 
     def scores(probs, ranks, known):
         return Scores(torch.tensor(probs).log(), torch.tensor(ranks), torch.tensor(known, dtype=torch.bool))
@@ -355,15 +354,12 @@ def test_wordings_the_model_never_stated_are_left_out_of_the_known_tally():
 
     before = {g: same(g) for g in GROUPS}
     after = {g: same(g) for g in GROUPS}
-    rest = n - 3
-    before["held_out_paraphrases"] = scores([0.8, 0.2, 0.8] + [0.9] * rest, [0, 1, 0] + [0] * rest,
-                                            [True, False, True] + [True] * rest)
-    after["held_out_paraphrases"] = scores([0.01, 0.1, 0.7] + [0.9] * rest, [3, 2, 0] + [0] * rest,
-                                           [False, False, True] + [True] * rest)
+    before["held_out_paraphrases"] = scores([0.8, 0.2, 0.8], [0, 1, 0], [True, False, True])
+    after["held_out_paraphrases"] = scores([0.01, 0.1, 0.7], [3, 2, 0], [False, False, True])
     comparison = Comparison(fact, pairs, before, after)
-    assert comparison.forgotten("held_out_paraphrases")[:3].tolist() == [True, False, False]
-    assert comparison.tally("held_out_paraphrases") == (1, n)
-    assert comparison.tally_known("held_out_paraphrases") == (1, n - 1)
+    assert comparison.forgotten("held_out_paraphrases").tolist() == [True, False, False]
+    assert comparison.tally("held_out_paraphrases") == (1, 3)
+    assert comparison.tally_known("held_out_paraphrases") == (1, 2)
     with pytest.raises(ValueError, match="use tally"):
         comparison.tally_known("neighbors")
 
