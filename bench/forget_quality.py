@@ -1,7 +1,7 @@
 """Forgetting quality of each editor on the default model, on the tuning and the held-out facts.
 
     python bench/forget_quality.py --limit 40 [--baseline-limit 8] [--batch 50]
-        [--memit-passes 2] [--sequence 50] [--methods rome,rome-previous,rome-plain]
+        [--memit-passes 2] [--sequence 50] [--methods rome,rome-previous,rome-plain,"rome[kl_weight=8]"]
         [--json assets/aggregate/forget_quality.json]
 
 Facts: the bundled facts the model knows (greedy decoding produces the target), round-robin over
@@ -27,7 +27,10 @@ forgets less: README); ``rome-min-reach`` the default with the prompts to forget
 edit's direction barely reaches left out of the value optimisation (``min_reach=LOW_REACH``:
 faster, keeps fewer same-subject facts: README); ``rome-previous`` the default before issue 14
 (layer 4 as this bench used, 2 essence prompts, no probes of its own); ``rome-plain`` plain ROME
-(no contrast keys, the prompt only, no text or essence terms beyond ROME's one, one layer). Batch rows: ``memit N-pass batch`` and ``rome
+(no contrast keys, the prompt only, no text or essence terms beyond ROME's one, one layer);
+``rome[field=value;...]`` (any number, named in ``--methods``) the default with those fields of
+:class:`~excise.edit.value.ValueSettings` changed, e.g. ``rome[lr=0.2;kl_weight=8.0]``, so a
+trade-off curve needs no edit of this file. Batch rows: ``memit N-pass batch`` and ``rome
 sequence`` forget many facts; a probe to keep that states another fact of the batch is not counted.
 Targets (issue 14): efficacy >= 97%, held-out wordings >= 85%, neighbours >= 97%, same subject
 >= 90%, same answer >= 90%, perplexity <= +1%, <= 5 s per edit; batch of 50: efficacy and
@@ -41,6 +44,8 @@ total and rate, perplexity change, seconds per edit), rewritten after each row, 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import json
 import logging
 import os
@@ -80,6 +85,31 @@ def single_fact_methods(args):
         "finetune-npo(all)": lambda m, f: finetune(m, [f], "npo", lr=1e-4, progress=False),
         "finetune-cx(all)": lambda m, f: finetune(m, [f], "counterexample", progress=False),
     }
+
+
+def tuned_settings(spec: str) -> ValueSettings:
+    """The settings the method ``rome[field=value;...]`` names: the default
+    :class:`ValueSettings` with those fields set (values are Python literals). Raises
+    ``ValueError`` with a one-line message for a malformed spec or an unknown field."""
+    if not (spec.startswith("rome[") and spec.endswith("]")):
+        raise ValueError(f"{spec!r}: write a tuned rome row as rome[field=value;...], e.g. rome[kl_weight=8.0]")
+    fields = {f.name for f in dataclasses.fields(ValueSettings)}
+    changes = {}
+    for item in filter(None, spec[len("rome["):-1].split(";")):
+        name, equals, text = (part.strip() for part in item.partition("="))
+        if not equals or name not in fields:
+            raise ValueError(f"{spec!r}: {item!r} is not field=value with a ValueSettings field "
+                             f"({', '.join(sorted(fields))})")
+        try:
+            changes[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{spec!r}: the value of {name} must be a Python literal, got {text!r}") from None
+    return dataclasses.replace(ValueSettings(), **changes)
+
+
+def with_settings(settings: ValueSettings):
+    """The default rank-one edit with ``settings``, as a bench method."""
+    return lambda m, f: rome(m, f, settings=settings, progress=False)
 
 
 def evaluate(model, edit, facts, ppl0, with_ppl=True):
@@ -161,6 +191,13 @@ def main():
     args = parser.parse_args()
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         parser.error(f"--json {args.json}: its folder does not exist")
+    tuned = {}
+    for name in args.methods.split(","):
+        if name.startswith("rome["):
+            try:
+                tuned[name] = with_settings(tuned_settings(name))
+            except ValueError as error:
+                parser.error(f"--methods: {error}")
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     model = load_model(device="cpu")
@@ -173,7 +210,7 @@ def main():
     print(HEADER, flush=True)
     rows, about = [], {"model": "default", "baseline_perplexity": ppl0, "args": vars(args),
                        "known_facts": {k: len(v) for k, v in facts.items()}}
-    for name, method in single_fact_methods(args).items():
+    for name, method in {**single_fact_methods(args), **tuned}.items():
         if args.methods != "all" and name not in args.methods.split(","):
             continue
         for split in splits:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
@@ -172,6 +173,26 @@ def test_editor_bars_and_tradeoff():
     fig, caption = figures.editor_tradeoff(bench_rows(), split="tune")
     assert_figure_labelled(fig, caption, legend_entries=3)
     assert fig.data[0].x[0] == pytest.approx(0.2)  # perplexity change in percent
+
+
+def test_forget_quality_bench_runs_rome_with_settings_named_in_its_methods():
+    """``--methods "rome[lr=0.2;kl_weight=8.0]"`` is the default rank-one edit with those value
+    settings; a misspelt field or a value that is not a literal is refused in one line."""
+    import importlib.util
+    from dataclasses import replace
+
+    from excise.edit.value import ValueSettings
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "forget_quality.py"
+    spec = importlib.util.spec_from_file_location("forget_quality_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.tuned_settings("rome[lr=0.2; kl_weight=8.0]") == replace(ValueSettings(), lr=0.2, kl_weight=8.0)
+    assert bench.tuned_settings("rome[]") == ValueSettings()
+    for bad, says in (("rome[kl_weigh=8]", "kl_weight"), ("rome[lr=fast]", "literal"), ("rome(lr=1)", "field=value")):
+        with pytest.raises(ValueError, match=says) as raised:
+            bench.tuned_settings(bad)
+        assert "\n" not in str(raised.value)
 
 
 def test_robustness_bars():
