@@ -89,7 +89,8 @@ def single_fact_methods(args):
 
 def tuned_settings(spec: str) -> ValueSettings:
     """The settings the method ``rome[field=value;...]`` names: the default
-    :class:`ValueSettings` with those fields set (values are Python literals). Raises
+    :class:`ValueSettings` with those fields set (values are Python literals, without commas:
+    ``--methods`` is comma-separated). Raises
     ``ValueError`` with a one-line message for a malformed spec or an unknown field."""
     if not (spec.startswith("rome[") and spec.endswith("]")):
         raise ValueError(f"{spec!r}: write a tuned rome row as rome[field=value;...], e.g. rome[kl_weight=8.0]")
