@@ -72,11 +72,16 @@ STEPS_15 = ValueSettings(steps=15)
 MIN_REACH = ValueSettings(min_reach=LOW_REACH)
 
 
+def with_settings(settings: ValueSettings):
+    """The default rank-one edit with ``settings``, as a bench method."""
+    return lambda m, f: rome(m, f, settings=settings, progress=False)
+
+
 def single_fact_methods(args):
     return {
         "rome": lambda m, f: rome(m, f, progress=False),
-        "rome-15-steps": lambda m, f: rome(m, f, settings=STEPS_15, progress=False),
-        "rome-min-reach": lambda m, f: rome(m, f, settings=MIN_REACH, progress=False),
+        "rome-15-steps": with_settings(STEPS_15),
+        "rome-min-reach": with_settings(MIN_REACH),
         "rome-previous": lambda m, f: rome(m, f, layer=4, settings=PREVIOUS, progress=False),
         "rome-plain": lambda m, f: rome(m, f, layer=4, contrast=0, settings=PLAIN, progress=False),
         "ablate-zero(top20 neurons)": lambda m, f: ablate(m, attributed_neurons(m, f, layers=range(12)),
@@ -90,8 +95,8 @@ def single_fact_methods(args):
 def tuned_settings(spec: str) -> ValueSettings:
     """The settings the method ``rome[field=value;...]`` names: the default
     :class:`ValueSettings` with those fields set (values are Python literals, without commas:
-    ``--methods`` is comma-separated). Raises
-    ``ValueError`` with a one-line message for a malformed spec or an unknown field."""
+    ``--methods`` is comma-separated). Raises ``ValueError`` with a one-line message for a
+    malformed spec or an unknown field."""
     if not (spec.startswith("rome[") and spec.endswith("]")):
         raise ValueError(f"{spec!r}: write a tuned rome row as rome[field=value;...], e.g. rome[kl_weight=8.0]")
     fields = {f.name for f in dataclasses.fields(ValueSettings)}
@@ -106,11 +111,6 @@ def tuned_settings(spec: str) -> ValueSettings:
         except (ValueError, SyntaxError):
             raise ValueError(f"{spec!r}: the value of {name} must be a Python literal, got {text!r}") from None
     return dataclasses.replace(ValueSettings(), **changes)
-
-
-def with_settings(settings: ValueSettings):
-    """The default rank-one edit with ``settings``, as a bench method."""
-    return lambda m, f: rome(m, f, settings=settings, progress=False)
 
 
 def evaluate(model, edit, facts, ppl0, with_ppl=True):
@@ -192,8 +192,9 @@ def main():
     args = parser.parse_args()
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         parser.error(f"--json {args.json}: its folder does not exist")
+    wanted = args.methods.split(",")
     tuned = {}
-    for name in args.methods.split(","):
+    for name in wanted:
         if name.startswith("rome["):
             try:
                 tuned[name] = with_settings(tuned_settings(name))
@@ -212,7 +213,7 @@ def main():
     rows, about = [], {"model": "default", "baseline_perplexity": ppl0, "args": vars(args),
                        "known_facts": {k: len(v) for k, v in facts.items()}}
     for name, method in {**single_fact_methods(args), **tuned}.items():
-        if args.methods != "all" and name not in args.methods.split(","):
+        if args.methods != "all" and name not in wanted:
             continue
         for split in splits:
             n = args.baseline_limit if name.startswith("finetune") else args.limit
