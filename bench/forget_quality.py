@@ -113,6 +113,26 @@ def tuned_settings(spec: str) -> ValueSettings:
     return dataclasses.replace(ValueSettings(), **changes)
 
 
+MANY_FACTS = ("memit",)
+"""``--methods`` names of the batch rows beyond the single-fact ones (``rome`` also runs the
+sequence of rank-one edits)."""
+
+
+def tuned_methods(names: list[str]) -> dict:
+    """The ``rome[field=value;...]`` rows among ``names`` (``--methods``, split at commas) as bench
+    methods. Raises ``ValueError`` with a one-line message for a name that is no row of this
+    bench, so that a misspelt row is refused before the model loads instead of skipped."""
+    known = [*single_fact_methods(None), *MANY_FACTS]
+    tuned = {}
+    for name in names:
+        if name.startswith("rome["):
+            tuned[name] = with_settings(tuned_settings(name))
+        elif name not in (*known, "all", "none"):
+            raise ValueError(f"{name!r} is no row of this bench; name any of {', '.join(known)}, "
+                             "rome[field=value;...], all or none")
+    return tuned
+
+
 def evaluate(model, edit, facts, ppl0, with_ppl=True):
     """Forgotten / kept counts per probe group (:meth:`excise.comparison.Comparison.tally`). In a
     batch, a neighbour or same-subject probe that states another fact of the batch is meant to be
@@ -186,20 +206,19 @@ def main():
                         help="facts forgotten by one rank-one edit each, in sequence (0: skip)")
     parser.add_argument("--memit-passes", default="2",
                         help="comma-separated memit pass counts, one batch row each")
-    parser.add_argument("--methods", default="all", help="comma-separated method names, or none")
+    parser.add_argument("--methods", default="all",
+                        help="comma-separated rows to run, all, or none (memit: the batch rows; rome: "
+                             "also the sequence)")
     parser.add_argument("--splits", default=",".join(SPLITS), help="which parts of the fact split to run")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON here")
     args = parser.parse_args()
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         parser.error(f"--json {args.json}: its folder does not exist")
     wanted = args.methods.split(",")
-    tuned = {}
-    for name in wanted:
-        if name.startswith("rome["):
-            try:
-                tuned[name] = with_settings(tuned_settings(name))
-            except ValueError as error:
-                parser.error(f"--methods: {error}")
+    try:
+        tuned = tuned_methods(wanted)
+    except ValueError as error:
+        parser.error(f"--methods: {error}")
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     model = load_model(device="cpu")
@@ -239,7 +258,7 @@ def main():
             for p in args.memit_passes.split(",") if p}
     many["rome sequence"] = (args.sequence, lambda m, fs: rome_sequence(m, fs, progress=False))
     for name, (n, method) in many.items():
-        if not n or (args.methods != "all" and name.split()[0] not in args.methods.split(",")):
+        if not n or (args.methods != "all" and name.split()[0] not in wanted):
             continue
         batch = facts[splits[0]][:n]
         start = time.perf_counter()

@@ -177,7 +177,8 @@ def test_editor_bars_and_tradeoff():
 
 def test_forget_quality_bench_runs_rome_with_settings_named_in_its_methods():
     """``--methods "rome[lr=0.2;kl_weight=8.0]"`` is the default rank-one edit with those value
-    settings; a misspelt field or a value that is not a literal is refused in one line."""
+    settings; a misspelt field, a value that is not a literal or a name that is no row of the bench
+    is refused in one line."""
     import importlib.util
     from dataclasses import replace
 
@@ -193,6 +194,10 @@ def test_forget_quality_bench_runs_rome_with_settings_named_in_its_methods():
         with pytest.raises(ValueError, match=says) as raised:
             bench.tuned_settings(bad)
         assert "\n" not in str(raised.value)
+    assert list(bench.tuned_methods(["rome", "rome-plain", "memit", "rome[lr=0.2]"])) == ["rome[lr=0.2]"]
+    with pytest.raises(ValueError, match="'rome-plane' is no row of this bench; name any of rome, ") as raised:
+        bench.tuned_methods(["rome", "rome-plane"])  # refused, where it used to be skipped in silence
+    assert "\n" not in str(raised.value)
 
 
 def test_robustness_bars():
