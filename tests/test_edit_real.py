@@ -163,9 +163,10 @@ def test_contrast_keys_keep_the_rank_one_direction_off_other_subjects(real_model
 
 def test_default_rome_keeps_the_subjects_other_facts_without_being_told(real_model):
     """A user lists the fact and its paraphrases, none of the subject's other facts; the editor's own
-    probes of France find its other facts (kept) and other wordings of the capital (forgotten), and
-    other subjects with the answer Paris keep it. (Given the prompt alone, without paraphrases,
-    France's language and currency do break: see the README's forget section.)"""
+    probes of France find its other facts (kept, France's language weakened) and other wordings of
+    the capital (forgotten), and other subjects with the answer Paris keep it. (Given the prompt
+    alone, without paraphrases, France's language and currency do break: see the README's forget
+    section.)"""
     from dataclasses import replace
 
     from excise.comparison import compare
@@ -190,6 +191,11 @@ def test_default_rome_keeps_the_subjects_other_facts_without_being_told(real_mod
     assert told.text not in low and edit.info["value"]["left_out_prompts"] == []
     assert c.prompt_forgotten
     assert c.tally("same_subject") == (2, 2)  # the language and the currency of France
+    # but "kept" hides damage, which the weakened tally counts: French is still the top answer
+    # for France's language at less than half its probability before the edit
+    weak = dict(zip((p for p, _ in c.pairs["same_subject"]), c.weakened("same_subject").tolist()))
+    assert weak == {"The official language of France is": True, "The currency used in France is the": False}
+    assert c.weakened_tally()[0] == 1, c.rows()
     hits, total = c.tally("same_answer")  # the Eiffel Tower, the Louvre, ... are still in Paris
     assert total >= 3 and hits == total
     hits, total = c.tally("held_out_paraphrases")
