@@ -200,6 +200,47 @@ def test_forget_quality_bench_runs_rome_with_settings_named_in_its_methods():
     assert "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize("tiny", ["llama"], indirect=True)
+def test_forget_quality_bench_splits_the_held_out_wordings_by_where_the_subject_stands(tiny):
+    """The held-out column, split: wordings that open with a one-token subject (a token of its
+    own right after BOS) and the rest, each counting its own forgotten wordings."""
+    import importlib.util
+
+    import torch
+
+    from excise.comparison import GROUPS, Comparison, fact_pairs
+    from excise.facts import Fact
+    from excise.scoring import Scores
+    from excise.tokens import subject_positions
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "forget_quality.py"
+    spec = importlib.util.spec_from_file_location("forget_quality_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = tiny
+    subject = next(s for s in ("France", "Paris", "the", "a") if len(subject_positions(model, "{} is", s)) == 1)
+    fact = Fact(id="capital-x", subject=subject, prompt="The capital of {} is", target=" Paris",
+                held_out_paraphrases=("{}'s capital is", "Q: What is the capital of {}?\nA:",
+                                      "{} has its capital in", "If you travel to {}, you will visit its capital,"))
+    pairs = fact_pairs(fact)
+
+    def unchanged(n):
+        return Scores(torch.full((n,), 0.8).log(), torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.bool))
+
+    before = {group: unchanged(len(pairs[group])) for group in GROUPS}
+    after = dict(before)
+    after["held_out_paraphrases"] = Scores(torch.tensor([0.7, 0.01, 0.01, 0.01]).log(), torch.tensor([0, 3, 2, 5]),
+                                           torch.tensor([True, False, False, False]))
+    split = bench.held_out_by_subject_place(model, Comparison(fact, pairs, before, after))
+    assert split == {"held_out_one_token_first": (1, 2), "held_out_rest": (2, 2)}
+    longer = Fact(id="capital-y", subject="New South Wales", prompt=fact.prompt, target=fact.target,
+                  held_out_paraphrases=fact.held_out_paraphrases)
+    pairs = fact_pairs(longer)
+    split = bench.held_out_by_subject_place(model, Comparison(longer, pairs, before, after))
+    assert split == {"held_out_one_token_first": (0, 0), "held_out_rest": (3, 4)}  # no one-token subject
+    assert {"held_out_one_token_first", "held_out_rest"} <= set(bench.COLUMNS)
+
+
 def test_robustness_bars():
     rows = [{"editor": e, "split": "tune", "n": 8,
              "forgotten": {"hits": 8, "total": 8, "rate": 1.0},
