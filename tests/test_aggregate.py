@@ -175,19 +175,26 @@ def test_editor_bars_and_tradeoff():
     assert fig.data[0].x[0] == pytest.approx(0.2)  # perplexity change in percent
 
 
-def test_forget_quality_bench_runs_rome_with_settings_named_in_its_methods():
-    """``--methods "rome[lr=0.2;kl_weight=8.0]"`` is the default rank-one edit with those value
-    settings; a misspelt field, a value that is not a literal or a name that is no row of the bench
-    is refused in one line."""
+def forget_quality_bench():
+    """``bench/forget_quality.py`` as a module (the bench folder is no package)."""
     import importlib.util
-    from dataclasses import replace
-
-    from excise.edit.value import ValueSettings
 
     path = Path(__file__).resolve().parents[1] / "bench" / "forget_quality.py"
     spec = importlib.util.spec_from_file_location("forget_quality_bench", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_forget_quality_bench_runs_rome_with_settings_named_in_its_methods():
+    """``--methods "rome[lr=0.2;kl_weight=8.0]"`` is the default rank-one edit with those value
+    settings; a misspelt field, a value that is not a literal or a name that is no row of the bench
+    is refused in one line."""
+    from dataclasses import replace
+
+    from excise.edit.value import ValueSettings
+
+    bench = forget_quality_bench()
     assert bench.tuned_settings("rome[lr=0.2; kl_weight=8.0]") == replace(ValueSettings(), lr=0.2, kl_weight=8.0)
     assert bench.tuned_settings("rome[]") == ValueSettings()
     for bad, says in (("rome[kl_weigh=8]", "kl_weight"), ("rome[lr=fast]", "literal"), ("rome(lr=1)", "field=value")):
@@ -204,8 +211,6 @@ def test_forget_quality_bench_runs_rome_with_settings_named_in_its_methods():
 def test_forget_quality_bench_splits_the_held_out_wordings_by_where_the_subject_stands(tiny):
     """The held-out column, split: wordings that open with a one-token subject (a token of its
     own right after BOS) and the rest, each counting its own forgotten wordings."""
-    import importlib.util
-
     import torch
 
     from excise.comparison import GROUPS, Comparison, fact_pairs
@@ -213,10 +218,7 @@ def test_forget_quality_bench_splits_the_held_out_wordings_by_where_the_subject_
     from excise.scoring import Scores
     from excise.tokens import subject_positions
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "forget_quality.py"
-    spec = importlib.util.spec_from_file_location("forget_quality_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = forget_quality_bench()
     model = tiny
     subject = next(s for s in ("France", "Paris", "the", "a") if len(subject_positions(model, "{} is", s)) == 1)
     fact = Fact(id="capital-x", subject=subject, prompt="The capital of {} is", target=" Paris",
