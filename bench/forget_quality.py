@@ -155,19 +155,13 @@ def evaluate(model, edit, facts, ppl0, with_ppl=True):
     forgotten too, so it is not counted as kept."""
     totals = defaultdict(lambda: [0, 0])
     for comparison in compare(model, facts, before=edit.reverted(model)):
-        for group in GROUPS:
-            hit, total = comparison.tally(group)
-            totals[group][0] += hit
-            totals[group][1] += total
-        hit, total = comparison.tally_known("held_out_paraphrases")
-        totals["held_out_known"][0] += hit
-        totals["held_out_known"][1] += total
-        for where, (hit, total) in held_out_by_subject_place(model, comparison).items():
-            totals[where][0] += hit
-            totals[where][1] += total
-        hit, total = comparison.weakened_tally()
-        totals["kept_weakened"][0] += hit
-        totals["kept_weakened"][1] += total
+        tallies = {group: comparison.tally(group) for group in GROUPS}
+        tallies["held_out_known"] = comparison.tally_known("held_out_paraphrases")
+        tallies.update(held_out_by_subject_place(model, comparison))
+        tallies["kept_weakened"] = comparison.weakened_tally()
+        for kind, (hit, total) in tallies.items():
+            totals[kind][0] += hit
+            totals[kind][1] += total
     if with_ppl:
         totals["ppl"] = [perplexity(model) / ppl0 - 1, 1]
     return totals
