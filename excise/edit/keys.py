@@ -19,6 +19,7 @@ import functools
 import torch
 
 from excise.components import mlp_out_module
+from excise.edit.other_subjects import other_subjects
 from excise.hooks import forward_until, trace
 from excise.scoring import build_batch
 from excise.tokens import subject_last_position
@@ -83,7 +84,8 @@ def balanced_key(model, layer: int, templates: list[str], subject: str) -> torch
 
 
 def contrast_subjects(fact, limit: int = CONTRAST_SUBJECTS, avoid=()) -> list[str]:
-    """Up to ``limit`` other subjects from the bundled fact sets, those of ``fact``'s relation first.
+    """Up to ``limit`` other subjects: the bundled facts' subjects (those of ``fact``'s relation
+    first), then :mod:`excise.edit.other_subjects` (those of its kind first).
 
     Subjects named in ``fact``'s own neighbour, same-subject or same-answer prompts (or in the facts ``avoid``
     and their probes) are left out, so those probes stay held out when an edit is verified.
@@ -91,10 +93,11 @@ def contrast_subjects(fact, limit: int = CONTRAST_SUBJECTS, avoid=()) -> list[st
     probes = " ".join(p.prompt for f in (fact, *avoid)
                       for p in (*f.neighbors, *f.same_subject, *f.same_answer))
     probes += " " + " ".join(f.subject for f in avoid)
-    pool = sorted(_bundled_facts(), key=lambda f: f.relation != fact.relation)
+    bundled = sorted(_bundled_facts(), key=lambda f: f.relation != fact.relation)
+    pool = [f.subject for f in bundled]
+    pool += other_subjects(fact.relation, set(pool))
     chosen: list[str] = []
-    for other in pool:
-        subject = other.subject
+    for subject in pool:
         if len(chosen) >= limit:
             break
         if subject != fact.subject and subject not in chosen and subject not in probes \
