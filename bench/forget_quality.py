@@ -30,9 +30,11 @@ faster, keeps fewer same-subject facts: README); ``rome-previous`` the default b
 (layer 4 as this bench used, 2 essence prompts, no probes of its own); ``rome-plain`` plain ROME
 (no contrast keys, the prompt only, no text or essence terms beyond ROME's one, one layer);
 ``rome[field=value;...]`` (any number, named in ``--methods``) the default with those fields of
-:class:`~excise.edit.value.ValueSettings` changed, e.g. ``rome[lr=0.2;kl_weight=8.0]``, so a
-trade-off curve needs no edit of this file. Batch rows: ``memit N-pass batch`` and ``rome
-sequence`` forget many facts; a probe to keep that states another fact of the batch is not counted.
+:class:`~excise.edit.value.ValueSettings` or :class:`~excise.edit.rank_one.RomeSettings` changed,
+e.g. ``rome[lr=0.2;kl_weight=8.0]`` or ``rome[contrast=128]``, so a trade-off curve needs no edit
+of this file. Batch rows: ``memit N-pass batch``, ``rome sequence`` and, with ``--sequence``, each
+``rome[...]`` row's ``rome[...] sequence`` forget many facts; a probe to keep that states another
+fact of the batch is not counted.
 Targets (issue 14): efficacy >= 97%, held-out wordings >= 85%, neighbours >= 97%, same subject
 >= 90%, same answer >= 90%, perplexity <= +1%, <= 5 s per edit; batch of 50: efficacy and
 neighbours >= 95%.
@@ -59,6 +61,7 @@ import torch
 from excise.check import known_facts
 from excise.comparison import GROUPS, compare
 from excise.edit import ablate, finetune, memit, rome
+from excise.edit.rank_one import RomeSettings
 from excise.edit.sequence import rome_sequence
 from excise.edit.value import ESSENCE_TEMPLATES, LOW_REACH, ValueSettings
 from excise.facts import SPLITS, load_facts
@@ -74,9 +77,10 @@ STEPS_15 = ValueSettings(steps=15)
 MIN_REACH = ValueSettings(min_reach=LOW_REACH)
 
 
-def with_settings(settings: ValueSettings):
-    """The default rank-one edit with ``settings``, as a bench method."""
-    return lambda m, f: rome(m, f, settings=settings, progress=False)
+def with_settings(settings: ValueSettings, **update):
+    """The default rank-one edit with value ``settings`` and ``update`` (fields of
+    :class:`RomeSettings`, such as ``contrast``), as a bench method."""
+    return lambda m, f: rome(m, f, settings=settings, progress=False, **update)
 
 
 def single_fact_methods(args):
@@ -94,25 +98,29 @@ def single_fact_methods(args):
     }
 
 
-def tuned_settings(spec: str) -> ValueSettings:
+def tuned_settings(spec: str) -> tuple[ValueSettings, dict]:
     """The settings the method ``rome[field=value;...]`` names: the default
-    :class:`ValueSettings` with those fields set (values are Python literals, without commas:
-    ``--methods`` is comma-separated). Raises ``ValueError`` with a one-line message for a
+    :class:`ValueSettings` with its fields among them set, and the :class:`RomeSettings` fields
+    among them (``contrast``, ``contrast_weight``, ``ridge``, ``max_update_ratio``) as keyword
+    arguments of :func:`~excise.edit.rank_one.rome`. Values are Python literals, without commas
+    (``--methods`` is comma-separated). Raises ``ValueError`` with a one-line message for a
     malformed spec or an unknown field."""
     if not (spec.startswith("rome[") and spec.endswith("]")):
         raise ValueError(f"{spec!r}: write a tuned rome row as rome[field=value;...], e.g. rome[kl_weight=8.0]")
-    fields = {f.name for f in dataclasses.fields(ValueSettings)}
-    changes = {}
+    value_fields = {f.name for f in dataclasses.fields(ValueSettings)}
+    update_fields = {f.name for f in dataclasses.fields(RomeSettings)}
+    changes, update = {}, {}
     for item in filter(None, spec[len("rome["):-1].split(";")):
         name, equals, text = (part.strip() for part in item.partition("="))
-        if not equals or name not in fields:
-            raise ValueError(f"{spec!r}: {item!r} is not field=value with a ValueSettings field "
-                             f"({', '.join(sorted(fields))})")
+        if not equals or name not in value_fields | update_fields:
+            raise ValueError(f"{spec!r}: {item!r} is not field=value with a ValueSettings or RomeSettings "
+                             f"field ({', '.join(sorted(value_fields | update_fields))})")
         try:
-            changes[name] = ast.literal_eval(text)
+            value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             raise ValueError(f"{spec!r}: the value of {name} must be a Python literal, got {text!r}") from None
-    return dataclasses.replace(ValueSettings(), **changes)
+        (update if name in update_fields else changes)[name] = value
+    return dataclasses.replace(ValueSettings(), **changes), update
 
 
 MANY_FACTS = ("memit",)
@@ -128,7 +136,8 @@ def tuned_methods(names: list[str]) -> dict:
     tuned = {}
     for name in names:
         if name.startswith("rome["):
-            tuned[name] = with_settings(tuned_settings(name))
+            settings, update = tuned_settings(name)
+            tuned[name] = with_settings(settings, **update)
         elif name not in (*known, "all", "none"):
             raise ValueError(f"{name!r} is no row of this bench; name any of {', '.join(known)}, "
                              "rome[field=value;...], all or none")
@@ -271,6 +280,10 @@ def main():
                                                                                 progress=False))
             for p in args.memit_passes.split(",") if p}
     many["rome sequence"] = (args.sequence, lambda m, fs: rome_sequence(m, fs, progress=False))
+    for spec in tuned:  # each tuned row's settings for every edit of the sequence
+        settings, update = tuned_settings(spec)
+        many[f"{spec} sequence"] = (args.sequence, lambda m, fs, s=settings, u=update: rome_sequence(
+            m, fs, settings=s, progress=False, **u))
     for name, (n, method) in many.items():
         if not n or (args.methods != "all" and name.split()[0] not in wanted):
             continue

@@ -188,15 +188,16 @@ def forget_quality_bench():
 
 def test_forget_quality_bench_runs_rome_with_settings_named_in_its_methods():
     """``--methods "rome[lr=0.2;kl_weight=8.0]"`` is the default rank-one edit with those value
-    settings; a misspelt field, a value that is not a literal or a name that is no row of the bench
+    settings, ``rome[contrast=128]`` with that update setting; a misspelt field, a value that is not a literal or a name that is no row of the bench
     is refused in one line."""
     from dataclasses import replace
 
     from excise.edit.value import ValueSettings
 
     bench = forget_quality_bench()
-    assert bench.tuned_settings("rome[lr=0.2; kl_weight=8.0]") == replace(ValueSettings(), lr=0.2, kl_weight=8.0)
-    assert bench.tuned_settings("rome[]") == ValueSettings()
+    assert bench.tuned_settings("rome[lr=0.2; kl_weight=8.0]") == (replace(ValueSettings(), lr=0.2, kl_weight=8.0), {})
+    assert bench.tuned_settings("rome[contrast=128;lr=0.2]") == (replace(ValueSettings(), lr=0.2), {"contrast": 128})
+    assert bench.tuned_settings("rome[]") == (ValueSettings(), {})
     for bad, says in (("rome[kl_weigh=8]", "kl_weight"), ("rome[lr=fast]", "literal"), ("rome(lr=1)", "field=value")):
         with pytest.raises(ValueError, match=says) as raised:
             bench.tuned_settings(bad)

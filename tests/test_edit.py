@@ -363,6 +363,23 @@ def test_subject_probe_bank_is_worded_apart_from_the_bundled_facts():
     assert not set(SUBJECT_TEMPLATES) & scored
 
 
+def test_contrast_subjects_stay_plentiful_and_held_out_when_many_facts_are_edited():
+    """A long sequence leaves out the other facts' subjects and probes; the extra names fill in."""
+    from excise.edit.keys import contrast_subjects
+    from excise.facts import load_facts
+
+    facts = load_facts("all", split="tune")[:200]
+    fact, others = facts[0], facts[1:]
+    bundled = {f.subject for f in load_facts("all")}
+    named = " ".join(p.prompt for f in facts for p in (*f.neighbors, *f.same_subject, *f.same_answer))
+    few = contrast_subjects(fact, 32)
+    assert set(few) <= bundled  # a single edit's default draws on the bundled subjects only
+    many = contrast_subjects(fact, 128, avoid=others)
+    assert len(many) == len(set(many)) == 128
+    assert not {s for s in many if s in named or s in {f.subject for f in facts}}
+    assert len([s for s in many if s not in bundled]) > 64  # the bundled pool alone runs short
+
+
 @pytest.mark.parametrize("family", ["Gemma 2", "Phi-3"])
 def test_value_optimisation_from_the_edited_block_equals_full_forwards_on_other_families(family, tmp_path):
     """Families whose blocks take other arguments (Phi-3) or whose logits are soft-capped
