@@ -128,16 +128,16 @@ MANY_FACTS = ("memit",)
 sequence of rank-one edits)."""
 
 
-def tuned_methods(names: list[str]) -> dict:
-    """The ``rome[field=value;...]`` rows among ``names`` (``--methods``, split at commas) as bench
-    methods. Raises ``ValueError`` with a one-line message for a name that is no row of this
-    bench, so that a misspelt row is refused before the model loads instead of skipped."""
+def tuned_methods(names: list[str]) -> dict[str, tuple[ValueSettings, dict]]:
+    """The ``rome[field=value;...]`` rows among ``names`` (``--methods``, split at commas), each
+    with its :func:`tuned_settings`. Raises ``ValueError`` with a one-line message for a name
+    that is no row of this bench, so that a misspelt row is refused before the model loads
+    instead of skipped."""
     known = [*single_fact_methods(None), *MANY_FACTS]
     tuned = {}
     for name in names:
         if name.startswith("rome["):
-            settings, update = tuned_settings(name)
-            tuned[name] = with_settings(settings, **update)
+            tuned[name] = tuned_settings(name)
         elif name not in (*known, "all", "none"):
             raise ValueError(f"{name!r} is no row of this bench; name any of {', '.join(known)}, "
                              "rome[field=value;...], all or none")
@@ -254,7 +254,8 @@ def main():
     print(HEADER, flush=True)
     rows, about = [], {"model": "default", "baseline_perplexity": ppl0, "args": vars(args),
                        "known_facts": {k: len(v) for k, v in facts.items()}}
-    for name, method in {**single_fact_methods(args), **tuned}.items():
+    rows_of_tuned = {spec: with_settings(settings, **update) for spec, (settings, update) in tuned.items()}
+    for name, method in {**single_fact_methods(args), **rows_of_tuned}.items():
         if args.methods != "all" and name not in wanted:
             continue
         for split in splits:
@@ -280,8 +281,7 @@ def main():
                                                                                 progress=False))
             for p in args.memit_passes.split(",") if p}
     many["rome sequence"] = (args.sequence, lambda m, fs: rome_sequence(m, fs, progress=False))
-    for spec in tuned:  # each tuned row's settings for every edit of the sequence
-        settings, update = tuned_settings(spec)
+    for spec, (settings, update) in tuned.items():  # each tuned row's settings for every edit
         many[f"{spec} sequence"] = (args.sequence, lambda m, fs, s=settings, u=update: rome_sequence(
             m, fs, settings=s, progress=False, **u))
     for name, (n, method) in many.items():

@@ -94,8 +94,7 @@ def contrast_subjects(fact, limit: int = CONTRAST_SUBJECTS, avoid=()) -> list[st
                       for p in (*f.neighbors, *f.same_subject, *f.same_answer))
     probes += " " + " ".join(f.subject for f in avoid)
     bundled = sorted(_bundled_facts(), key=lambda f: f.relation != fact.relation)
-    pool = [f.subject for f in bundled]
-    pool += other_subjects(fact.relation, set(pool))
+    pool = [*(f.subject for f in bundled), *other_subjects(fact.relation)]
     chosen: list[str] = []
     for subject in pool:
         if len(chosen) >= limit:

@@ -4,8 +4,8 @@ An edit protects other subjects' keys in its fact's prompt (:func:`excise.edit.k
 and draws them from the bundled facts first. Those run short when many facts are edited together:
 the subjects of the facts being edited, and every subject their probes name, are left out so the
 probes stay held out. These names, grouped by the kind of subject each bundled relation is about,
-come after the bundled subjects. A name here that a bundled fact is about is skipped when the pool
-is built (:func:`other_subjects`).
+come after the bundled subjects (a name that is also a bundled subject is skipped there as a
+repeat).
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ OTHER_SUBJECTS: dict[str, tuple[str, ...]] = {
 """Subjects by kind; none is a subject of the bundled facts when this was written."""
 
 
-def other_subjects(relation: str, bundled: set[str]) -> list[str]:
-    """The names above, those of ``relation``'s kind first, without any name in ``bundled``."""
+def other_subjects(relation: str) -> list[str]:
+    """The names above, those of ``relation``'s kind first."""
     kind = RELATION_KINDS.get(relation)
     kinds = sorted(OTHER_SUBJECTS, key=lambda k: k != kind)
-    return [name for k in kinds for name in OTHER_SUBJECTS[k] if name not in bundled]
+    return [name for k in kinds for name in OTHER_SUBJECTS[k]]
