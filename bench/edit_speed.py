@@ -39,13 +39,15 @@ from excise.edit import rome
 from excise.edit import stats as stats_module
 from excise.edit import value as value_module
 from excise.edit.rank_one import default_layer
+from excise.edit.value import ValueSettings
 from excise.facts import load_facts
 from excise.model import load_model, weights_hash
-from excise.scoring import answer_logprobs, build_batch, sequence_logprobs
+from excise.precision import fast_bfloat16
+from excise.scoring import answer_logprobs, build_batch, score_targets, sequence_logprobs
 from excise.verify import state_cache, verify
 from excise.verify.probes.relearn import adam
 
-SECTIONS = ("stats", "attack", "value", "verify")
+SECTIONS = ("stats", "attack", "value", "precision", "verify")
 
 VERIFY = dict(relearn_steps=5, relearn_facts=8, progress=False,
               budgets={"relearn_long_steps": 5, "lora_steps": (5,), "quant_bits": (4,), "gen_seeds": 1})
@@ -60,11 +62,13 @@ def timed(fn, *args, **kwargs):
 
 
 def value_seconds(model, fact, layer: int, partial: bool) -> tuple[torch.Tensor, float, int]:
+    """The value optimisation in float32 (the bfloat16 products have a section of their own)."""
     same = value_module._same
     if not partial:
-        value_module._same = lambda full, partial_logits: False  # as if the partial forward differed
+        value_module._same = lambda *args: False  # as if the partial forward differed
     try:
-        (delta, info), seconds = timed(value_module.compute_value, model, fact, layer)
+        (delta, info), seconds = timed(value_module.compute_value, model, fact, layer,
+                                       settings=ValueSettings(low_precision=False))
     finally:
         value_module._same = same
     assert info["partial_forward"] == partial
@@ -144,6 +148,8 @@ def main() -> None:
         answer_only_vs_full(model, facts)
     if "value" in sections:
         value_and_rome(model, facts, layer)
+    if "precision" in sections:
+        bfloat16_vs_float32(model, facts)
     if "verify" in sections:
         verify_reuse(model, facts[0], [layer, max(0, layer - 2), layer + 2][: args.verify_editors])
 
@@ -192,6 +198,34 @@ def value_and_rome(model, facts, layer: int) -> None:
     print(f"| all {len(facts)} | | {totals[0]:.1f} | {totals[1]:.1f} | {totals[0] / totals[1]:.2f} | "
           f"{totals[2] / len(facts):.1f} per edit |", flush=True)
 
+
+
+def bfloat16_vs_float32(model, facts) -> None:
+    """Per fact: the whole default ``rome`` (its value optimisation's matrix products in bfloat16
+    where the hardware has them) against ``rome`` with ``low_precision=False``, in alternating
+    order; the steps each took and how alike the two updates are (cosine of ``dW``, and the
+    target's log-probability on the fact's prompt after each, in float32)."""
+    print(f"bfloat16 matrix products natively on this CPU: {fast_bfloat16('cpu')}")
+    print("| fact | steps bf16 / fp32 | rome, bf16 products (s) | rome, float32 (s) | ratio | cos(dW) | "
+          "target log-prob after, bf16 / fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    totals = {True: 0.0, False: 0.0}
+    for k, fact in enumerate(facts):
+        runs = {}
+        for low in ((True, False) if k % 2 == 0 else (False, True)):
+            settings = ValueSettings(low_precision=None if low else False)
+            edit, seconds = timed(rome, model, fact, progress=False, settings=settings)
+            after = float(score_targets(model, [fact.text], [fact.target]).logprob[0])
+            update = torch.cat([delta.float().flatten() for delta in edit.deltas.values()])
+            edit.undo(model)
+            runs[low] = (seconds, edit.info["value"]["steps"], update, after)
+            totals[low] += seconds
+        (s16, n16, u16, a16), (s32, n32, u32, a32) = runs[True], runs[False]
+        cos = float(torch.nn.functional.cosine_similarity(u16, u32, dim=0))
+        print(f"| {fact.id} | {n16} / {n32} | {s16:.1f} | {s32:.1f} | {s16 / s32:.2f} | {cos:.4f} | "
+              f"{a16:.2f} / {a32:.2f} |", flush=True)
+    print(f"| all {len(facts)} | | {totals[True]:.1f} | {totals[False]:.1f} | {totals[True] / totals[False]:.2f} | | |",
+          flush=True)
 
 
 def verify_reuse(model, fact, layers: list[int]) -> None:

@@ -38,6 +38,7 @@ model where they differ is optimised with full forwards instead.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,7 @@ from excise.edit.prompts import fact_templates
 from excise.edit.subject_probes import subject_probes
 from excise.hooks import act_name, trace
 from excise.interrupt import checkpoint
+from excise.precision import bfloat16_matmuls, fast_bfloat16
 from excise.runner import Runner
 from excise.scoring import row_sums
 
@@ -74,6 +76,12 @@ class ValueSettings:
     optimisation early (:data:`excise.criteria.TRAINING_MARGIN`). ``subject_probes``: probe the
     subject with :data:`~excise.edit.subject_probes.SUBJECT_TEMPLATES` and forget where the model
     states the fact, keep (KL, like the essence prompts) where it states another.
+    ``low_precision``: run the optimisation's matrix products in bfloat16
+    (:func:`excise.precision.bfloat16_matmuls`; the weights are restored bit for bit afterwards):
+    None (the default) does where the model's weights are float32 on hardware that multiplies
+    bfloat16 natively (:func:`excise.precision.fast_bfloat16`), True does on any device, False
+    never does. ``bench/edit_speed.py`` measures the time saved and ``bench/forget_quality.py``
+    (row ``rome[low_precision=False]``) what it changes in the edits.
     ``min_reach``: with ``direction=`` (the exact rank-one simulation), a prompt to forget whose
     subject key the edit reaches with ``k . u`` below this share of the best-reached prompt's
     ``k . u`` is left out of the losses and of the goal (see :func:`reached`); 0 keeps them all
@@ -93,6 +101,7 @@ class ValueSettings:
     essence_templates: tuple[str, ...] = ESSENCE_TEMPLATES
     subject_probes: bool = True
     min_reach: float = 0.0
+    low_precision: bool | None = None
 
 
 def objective_target(fact, objective: str, new_target: str | None) -> str:
@@ -210,29 +219,31 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
                             device=prob.batch.tokens.device, requires_grad=True)
         optimizer = torch.optim.Adam([delta], lr=s.lr)
         history = []
-        for step in range(s.steps):
-            checkpoint("a value-optimisation step")
-            with _edited(module, delta, prob.positions, direction):
-                logits = _read_logits(model, prob)
-                if step == 0:
-                    logits = _checked(model, prob, logits)
-            logprobs = logits.float().log_softmax(-1)
-            loss, done, seq, record = _loss(logprobs, prob, objective, s, delta,
-                                            with_text=direction is not None)
-            history.append({"step": step, **record})
-            if done or step == s.steps - 1:
-                break  # the returned delta is the one just evaluated
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                max_norm = s.clamp_norm * prob.base_norm
-                if delta.norm() > max_norm:
-                    delta.mul_(max_norm / delta.norm())
+        bf16 = low_precision(model, layer, s)
+        with bfloat16_matmuls(_downstream(model, layer)) if bf16 else nullcontext():
+            for step in range(s.steps):
+                checkpoint("a value-optimisation step")
+                with _edited(module, delta, prob.positions, direction):
+                    logits = _read_logits(model, prob)
+                    if step == 0:
+                        logits = _checked(model, prob, logits, bf16, objective)
+                logprobs = logits.float().log_softmax(-1)
+                loss, done, seq, record = _loss(logprobs, prob, objective, s, delta,
+                                                with_text=direction is not None)
+                history.append({"step": step, **record})
+                if done or step == s.steps - 1:
+                    break  # the returned delta is the one just evaluated
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    max_norm = s.clamp_norm * prob.base_norm
+                    if delta.norm() > max_norm:
+                        delta.mul_(max_norm / delta.norm())
     info = {
         "objective": objective, "answer": answer, "rewrite_prompts": prompts,
         "steps": len(history), "goal_met": done, "final": history[-1], "exact": direction is not None,
-        "partial_forward": prob.runner is not None,
+        "partial_forward": prob.runner is not None, "low_precision": bf16,
         "target_logprob_before": prob.seq0.tolist(), "target_logprob_after": seq.detach().tolist(),
         "mlp_output_norm": prob.base_norm, "delta_norm": float(delta.detach().norm()),
         "kept_prompts": [t.format(fact.subject) for t in essence],
@@ -339,15 +350,24 @@ def _prepare(model, layer: int, fact, templates, answer, objective, essence_temp
     full = logits0[reads.rows.to(logits0.device), reads.positions.to(logits0.device)]
     runner.logits = None  # only the read positions are needed from here on
     resid = runner.cache[entering]
-    lp0, seq0, text_lp0 = reads.read(full.float().log_softmax(-1))
-    first_ids = batch.first_target_ids
-    first = first_ids[:n_rewrite]
+    first = batch.first_target_ids[:n_rewrite]
+    prob = _Problem(batch, positions, n_rewrite, reads, runner, layer, resid, full, None, None, first, keys,
+                    torch.ones(n_rewrite, dtype=torch.bool, device=first.device), None, None, None, base_norm)
+    _set_references(prob, full, objective)
+    return prob
+
+
+def _set_references(prob: _Problem, logits: torch.Tensor, objective: str) -> None:
+    """What the losses compare with, from the unedited model's ``logits`` ``[n_read, d_vocab]``
+    at the read positions: the answer distributions, the target sequence log-probs, the
+    distributions to reach when forgetting and those the essence prompts and the text keep."""
+    n = prob.n_rewrite
+    lp0, seq0, prob.text_lp0 = prob.reads.read(logits.detach().float().log_softmax(-1))
+    first_ids = prob.batch.first_target_ids.to(lp0.device)
+    prob.lp0, prob.seq0 = lp0, seq0[:n]
+    prob.forget_q = _without_targets(lp0[:n], first_ids[:n])
     # forgetting: the essence prompts keep their distribution, minus the forgotten target itself
-    essence_q = _without_targets(lp0[n_rewrite:], first_ids[n_rewrite:]) if objective == "forget" \
-        else lp0[n_rewrite:].exp()
-    return _Problem(batch, positions, n_rewrite, reads, runner, layer, resid, full, lp0, seq0[:n_rewrite],
-                    first, keys, torch.ones(n_rewrite, dtype=torch.bool, device=first.device),
-                    _without_targets(lp0[:n_rewrite], first), essence_q, text_lp0, base_norm)
+    prob.essence_q = _without_targets(lp0[n:], first_ids[n:]) if objective == "forget" else lp0[n:].exp()
 
 
 def _partial_logits(runner: Runner, layer: int, resid: torch.Tensor, reads: _Reads) -> torch.Tensor:
@@ -368,24 +388,44 @@ def _read_logits(model, prob: _Problem) -> torch.Tensor:
     return logits[reads.rows.to(logits.device), reads.positions.to(logits.device)]
 
 
-def _checked(model, prob: _Problem, logits: torch.Tensor) -> torch.Tensor:
+def _checked(model, prob: _Problem, logits: torch.Tensor, low: bool, objective: str) -> torch.Tensor:
     """The first step's ``logits``, read while ``delta`` is zero, must be the unedited model's: if
     the partial forward's differ from the full forward's, optimise with full forwards from here
-    on (and read this step again with one)."""
+    on (and read this step again with one). With bfloat16 matrix products (``low``) the match is
+    to bfloat16's rounding, and the losses' references are taken again from this step's logits,
+    so that every loss compares forwards of one precision (each KL term is zero at the start)."""
     full, prob.logits0 = prob.logits0, None  # needed only for this check
-    if prob.runner is None or _same(full, logits):
-        return logits
-    log.info("the partial forward from block %d differs from the full forward on this model; "
-             "optimising with full forwards", prob.layer)
-    prob.runner = None
-    return _read_logits(model, prob)
+    if prob.runner is not None and not _same(full, logits, low):
+        log.info("the partial forward from block %d differs from the full forward on this model; "
+                 "optimising with full forwards", prob.layer)
+        prob.runner = None
+        logits = _read_logits(model, prob)
+    if low:
+        _set_references(prob, logits, objective)
+    return logits
 
 
-def _same(full: torch.Tensor, partial: torch.Tensor) -> bool:
-    """Whether the partial forward's logits equal the full forward's (to the dtype's rounding)."""
-    tol = 1e-4 if full.dtype == torch.float32 else 2e-2
+def _same(full: torch.Tensor, partial: torch.Tensor, low: bool = False) -> bool:
+    """Whether the partial forward's logits equal the full forward's (to the rounding of the
+    dtype the products ran in: bfloat16 where ``low``)."""
+    tol = 1e-4 if full.dtype == torch.float32 and not low else 2e-2
     scale = float(full.float().abs().max().clamp_min(1.0))
     return bool((full.float() - partial.float()).abs().max() <= tol * scale)
+
+
+def low_precision(model, layer: int, s: ValueSettings) -> bool:
+    """Whether the value optimisation at ``layer`` runs its matrix products in bfloat16
+    (``ValueSettings.low_precision``; None: where the weights are float32 on hardware that
+    multiplies bfloat16 natively). Weights already in a 16-bit dtype never need it."""
+    weight = mlp_out_module(model, layer).weight
+    if s.low_precision is False or weight.dtype != torch.float32:
+        return False
+    return s.low_precision is True or fast_bfloat16(weight.device)
+
+
+def _downstream(model, layer: int) -> list:
+    """The modules a partial forward from block ``layer`` runs: the blocks, final norm, unembedding."""
+    return [model.blocks[i] for i in range(layer, model.cfg.n_layers)] + [model.ln_final, model.unembed]
 
 
 def _before_subject_mask(model, templates, shape) -> torch.Tensor:
