@@ -1,6 +1,6 @@
 """What a rank-one edit and a verification cost, against their slower peers in the same process.
 
-    python bench/edit_speed.py [--facts 6] [--verify-editors 3] [--sections stats,attack,value,verify]
+    python bench/edit_speed.py [--facts 6] [--verify-editors 3] [--sections stats,attack,value,precision,verify]
 
 On the default model (CPU), for the first ``--facts`` known ``tune`` facts:
 
@@ -13,7 +13,12 @@ On the default model (CPU), for the first ``--facts`` known ``tune`` facts:
   forward (blocks ``layer..`` from the cached residual, logits only at the read positions)
   against the same optimisation with full forwards (the partial forward disabled), in
   alternating order; both must give the same value;
-* **rome**: the whole default edit (key statistics cached; prefixes generated before timing);
+* **rome**: the whole edit with float32 products (key statistics cached; prefixes generated
+  before timing);
+* **precision**: the whole default ``rome``, its value optimisation's matrix products in
+  bfloat16 where the CPU has them (:mod:`excise.precision`), against ``low_precision=False``,
+  in alternating order: seconds, steps, the cosine of the two updates and the fact's target
+  log-probability after each;
 * **attack step and scoring**: one step of the relearning attack (full fine-tuning on the first
   8 facts' prompts at most; Adam at lr 0, so the weights stay) and the scoring forward of 4x ``--facts`` prompts
   in one batch (as :func:`excise.scoring.score_targets` runs it), with logits only at the answer
@@ -180,8 +185,9 @@ def early_vs_whole_forward(model, layer_sets: list[list[int]], repeats: int = 2)
 
 
 def value_and_rome(model, facts, layer: int) -> None:
-    """Per fact: the value optimisation with the partial forward vs full forwards, and rome."""
-    print("| fact | steps | value, partial forward (s) | value, full forwards (s) | ratio | rome (s) |")
+    """Per fact: the value optimisation with the partial forward vs full forwards, and rome, all
+    in float32."""
+    print("| fact | steps | value, partial forward (s) | value, full forwards (s) | ratio | rome, float32 (s) |")
     print("|---|---|---|---|---|---|")
     totals = [0.0, 0.0, 0.0]
     for k, fact in enumerate(facts):
@@ -190,7 +196,7 @@ def value_and_rome(model, facts, layer: int) -> None:
             runs[partial] = value_seconds(model, fact, layer, partial)
         (d_part, s_part, steps), (d_full, s_full, _) = runs[True], runs[False]
         assert torch.allclose(d_part, d_full, rtol=1e-3, atol=1e-4), fact.id
-        edit, s_rome = timed(rome, model, fact, progress=False)
+        edit, s_rome = timed(rome, model, fact, progress=False, settings=ValueSettings(low_precision=False))
         edit.undo(model)
         totals = [totals[0] + s_part, totals[1] + s_full, totals[2] + s_rome]
         print(f"| {fact.id} | {steps} | {s_part:.1f} | {s_full:.1f} | {s_part / s_full:.2f} | {s_rome:.1f} |",

@@ -1,12 +1,12 @@
-"""Text generation, two ways: through the bridge (edits and hooks apply) or fast (a plain copy).
+"""Text generation, two ways: through the bridge (edits and hooks apply) or fast (a plain model).
 
 * :func:`generate` continues prompts greedily or by top-k sampling by re-running the right-padded
   batch through the ``TransformerBridge`` at every step (no KV cache: Hugging Face's cached
   ``generate`` does not go through the bridge's hook points correctly). Everything the model
   currently holds, hooks included, shapes the text: this is what verification reads.
   Cost: ``max_new_tokens`` forwards of the batch.
-* :func:`sample_texts` samples text from a plain Hugging Face copy of the current weights with a
-  KV cache (:func:`excise.export.plain_hf_model`): fast, but hooks do not apply. The editors use
+* :func:`sample_texts` samples text from a plain Hugging Face model that shares the current weights,
+  with a KV cache (:func:`excise.export.plain_hf_model`): fast, but hooks do not apply. The editors use
   it for the text their key statistics and context prefixes are taken over.
 """
 
@@ -101,8 +101,8 @@ def sample_continuations(model, prompts: list[str], max_new_tokens: int, tempera
     """Top-k sampled continuations of ``prompts`` (chat-framed or raw, BOS prepended as in
     :func:`generate`) at each prompt's ``temperature``; the generated text only.
 
-    With no hook on ``model`` (:func:`has_hooks`) this samples from a plain Hugging Face copy of
-    the current weights with a KV cache (many times faster on long continuations); otherwise it
+    With no hook on ``model`` (:func:`has_hooks`) this samples from a plain Hugging Face model
+    sharing the current weights, with a KV cache (many times faster on long continuations); otherwise it
     falls back to :func:`generate` through the bridge. The two draw different random numbers, so
     the same seed gives other samples from the same distribution. The global random state is
     restored afterwards.

@@ -191,7 +191,8 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     (every token gets ``(k . u) delta``), so the loss sees the edit's true effect on the prompts,
     on the subject's other prompts and on the text before the subject.
     ``delta`` is float32 whatever the model's dtype (the losses are taken in float32 too); the
-    forward pass adds it in the model's dtype.
+    forward pass adds it in the model's dtype, and runs its matrix products in bfloat16 where
+    ``settings.low_precision`` says so (:func:`low_precision`).
     ``delta``'s scale (its norm clamp and weight decay) is the MLP's output norm at the subject on
     the prompts to forget; ``output_scale`` caps it (:func:`output_scale` of the unedited model,
     for an edit that follows others: earlier edits can inflate this subject's MLP output, and a
