@@ -42,11 +42,40 @@ def float32_matrices(modules: Iterable[torch.nn.Module]) -> list[torch.nn.Parame
     return list(seen.values())
 
 
+class Bfloat16Products:
+    """The state inside :func:`bfloat16_matmuls`: the swapped matrices, their float32 originals
+    and bfloat16 copies, and the devices autocast runs on."""
+
+    def __init__(self, params: list[torch.nn.Parameter], devices: list[str]):
+        self.params = params
+        self.devices = devices
+        self.originals = [p.data for p in params]
+        self.copies = [p.data.to(torch.bfloat16) for p in params]
+
+    def _hold(self, tensors: list[torch.Tensor]) -> None:
+        for param, tensor in zip(self.params, tensors):
+            param.data = tensor
+
+    @contextmanager
+    def exact(self) -> Iterator[None]:
+        """Inside ``with``: the float32 weights and float32 products again (a check in full
+        precision, e.g. whether a goal reached with bfloat16 products holds); bfloat16 after."""
+        self._hold(self.originals)
+        try:
+            with ExitStack() as stack:
+                for device_type in self.devices:
+                    stack.enter_context(torch.autocast(device_type, enabled=False))
+                yield
+        finally:
+            self._hold(self.copies)
+
+
 @contextmanager
-def bfloat16_matmuls(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
+def bfloat16_matmuls(modules: Iterable[torch.nn.Module]) -> Iterator[Bfloat16Products]:
     """Inside ``with``: ``modules``' float32 weight matrices (:func:`float32_matrices`) hold
     bfloat16 copies and autocast runs matrix products in bfloat16 on their devices; on exit each
-    matrix's own float32 tensor is put back (the weights are bit-identical afterwards).
+    matrix's own float32 tensor is put back (the weights are bit-identical afterwards). Yields a
+    :class:`Bfloat16Products`, whose ``exact()`` goes back to float32 for a check.
 
     Only for frozen weights: a parameter that requires a gradient raises ``ValueError`` (its
     gradient would be bfloat16 and an optimiser step would write to the copy).
@@ -56,15 +85,12 @@ def bfloat16_matmuls(modules: Iterable[torch.nn.Module]) -> Iterator[None]:
     if trained:
         raise ValueError(f"bfloat16_matmuls needs frozen weights; {len(trained)} parameters require "
                          "a gradient (wrap the loop in excise.components.frozen(model))")
-    originals = [p.data for p in params]
-    devices = sorted({p.device.type for p in params} or {"cpu"})
+    products = Bfloat16Products(params, sorted({p.device.type for p in params} or {"cpu"}))
     try:
-        for param in params:
-            param.data = param.data.to(torch.bfloat16)
+        products._hold(products.copies)
         with ExitStack() as stack:
-            for device_type in devices:
+            for device_type in products.devices:
                 stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
-            yield
+            yield products
     finally:
-        for param, original in zip(params, originals):
-            param.data = original
+        products._hold(products.originals)

@@ -40,6 +40,19 @@ def test_bfloat16_matmuls_restore_the_weights_bit_for_bit_even_after_an_error(ti
     assert torch.allclose(rounded.float(), exact, atol=0.1 * float(exact.abs().max()))
 
 
+def test_exact_goes_back_to_float32_inside_bfloat16_matmuls(tiny):
+    tokens = tiny.to_tokens("The capital of France is")
+    params = float32_matrices(_modules(tiny))
+    with torch.no_grad(), frozen(tiny):
+        exact = tiny(tokens)
+        with bfloat16_matmuls(_modules(tiny)) as products:
+            with products.exact():
+                assert all(p.dtype == torch.float32 for p in params)
+                again = tiny(tokens)
+            assert all(p.dtype == torch.bfloat16 for p in params)
+    assert torch.equal(again, exact)  # float32 weights and products: the same logits, bit for bit
+
+
 def test_bfloat16_matmuls_refuse_weights_that_are_being_trained(tiny):
     with pytest.raises(ValueError, match="frozen"):
         with bfloat16_matmuls(_modules(tiny)):
@@ -59,6 +72,9 @@ def test_the_value_in_bfloat16_is_the_float32_value_up_to_rounding(tiny):
         d16, info16 = compute_value(tiny, FACT, 1, settings=ValueSettings(**{**vars(settings), "low_precision": True}),
                                     direction=along)
         assert (info32["low_precision"], info16["low_precision"]) == (False, True)
+        assert info16["goal_rejected_in_float32"] >= 0 and info32["goal_rejected_in_float32"] == 0
+        # the log-probs reported are float32's either way
+        assert info16["target_logprob_before"] == pytest.approx(info32["target_logprob_before"], abs=1e-5)
         assert info32["partial_forward"] and info16["partial_forward"]
         assert info16["steps"] == info32["steps"]
         assert torch.nn.functional.cosine_similarity(d16, d32, dim=0) > 0.99

@@ -178,6 +178,7 @@ class _Problem:
     essence_q: torch.Tensor  # [n_essence, d_vocab] what the essence prompts should predict
     text_lp0: torch.Tensor  # [n_text, d_vocab] next-token log-probs before the subject, before the edit
     base_norm: float
+    exact_seq0: torch.Tensor | None = None  # [n_rewrite] seq0 from float32 products (seq0 may be rebased)
 
 
 def compute_value(model, fact, layer: int, objective: str = "forget", new_target: str | None = None,
@@ -221,7 +222,8 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
         optimizer = torch.optim.Adam([delta], lr=s.lr)
         history = []
         bf16 = low_precision(model, layer, s)
-        with bfloat16_matmuls(_downstream(model, layer)) if bf16 else nullcontext():
+        rejected = 0  # goals reached with bfloat16 products that float32 ones did not confirm
+        with bfloat16_matmuls(_downstream(model, layer)) if bf16 else nullcontext() as products:
             for step in range(s.steps):
                 checkpoint("a value-optimisation step")
                 with _edited(module, delta, prob.positions, direction):
@@ -232,6 +234,10 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
                 loss, done, seq, record = _loss(logprobs, prob, objective, s, delta,
                                                 with_text=direction is not None)
                 history.append({"step": step, **record})
+                if done and bf16:
+                    done, exact_seq = _goal_in_float32(model, prob, products, module, delta, direction,
+                                                       objective, s)
+                    seq, rejected = (exact_seq, rejected) if done else (seq, rejected + 1)
                 if done or step == s.steps - 1:
                     break  # the returned delta is the one just evaluated
                 optimizer.zero_grad()
@@ -241,11 +247,14 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
                     max_norm = s.clamp_norm * prob.base_norm
                     if delta.norm() > max_norm:
                         delta.mul_(max_norm / delta.norm())
+            if bf16 and not done:  # the goal and log-probs reported are float32's, as verification's
+                done, seq = _goal_in_float32(model, prob, products, module, delta, direction, objective, s)
     info = {
         "objective": objective, "answer": answer, "rewrite_prompts": prompts,
         "steps": len(history), "goal_met": done, "final": history[-1], "exact": direction is not None,
         "partial_forward": prob.runner is not None, "low_precision": bf16,
-        "target_logprob_before": prob.seq0.tolist(), "target_logprob_after": seq.detach().tolist(),
+        "goal_rejected_in_float32": rejected,
+        "target_logprob_before": prob.exact_seq0.tolist(), "target_logprob_after": seq.detach().tolist(),
         "mlp_output_norm": prob.base_norm, "delta_norm": float(delta.detach().norm()),
         "kept_prompts": [t.format(fact.subject) for t in essence],
         "reach": None if reach is None else [round(float(r), 4) for r in reach],
@@ -355,6 +364,7 @@ def _prepare(model, layer: int, fact, templates, answer, objective, essence_temp
     prob = _Problem(batch, positions, n_rewrite, reads, runner, layer, resid, full, None, None, first, keys,
                     torch.ones(n_rewrite, dtype=torch.bool, device=first.device), None, None, None, base_norm)
     _set_references(prob, full, objective)
+    prob.exact_seq0 = prob.seq0
     return prob
 
 
@@ -455,12 +465,9 @@ def _loss(logprobs, prob: _Problem, objective: str, s: ValueSettings, delta, wit
         first = prob.first.to(lp.device)[rows]
         push = (lp[rows, first] - (prob.lp0[rows, first] - s.margin)).clamp_min(0).mean()
         main = _kl(prob.forget_q[rows], lp[rows]) + push
-        met = dethroned_and_fell(prob.seq0, seq, lp[:n].argmax(-1) != prob.first, s.margin)
-        done = bool(met[aimed.to(met.device)].all())
     else:
-        n_tok = torch.tensor([len(t) for t in prob.batch.target_ids[:n]], device=seq.device)
-        main = (-seq / n_tok).mean()
-        done = bool(main < 0.05)
+        main = _replace_loss(prob, seq)
+    done = _goal_met(prob, lp, seq, prob.seq0, objective, s)
     essence = _kl(prob.essence_q, lp[n:])
     text = _kl(prob.text_lp0.exp(), text_lp) if with_text else torch.zeros((), device=lp.device)
     decay = s.weight_decay * delta.norm() ** 2 / prob.base_norm ** 2
@@ -468,6 +475,38 @@ def _loss(logprobs, prob: _Problem, objective: str, s: ValueSettings, delta, wit
     record = {"loss": float(loss.detach()), "main": float(main.detach()), "essence_kl": float(essence.detach()),
               "text_kl": float(text.detach()), "delta_norm": float(delta.detach().norm())}
     return loss, done, seq, record
+
+
+def _replace_loss(prob: _Problem, seq: torch.Tensor) -> torch.Tensor:
+    """Mean per-token negative log-prob of the new target over the prompts to rewrite."""
+    n_tok = torch.tensor([len(t) for t in prob.batch.target_ids[:prob.n_rewrite]], device=seq.device)
+    return (-seq / n_tok).mean()
+
+
+def _goal_met(prob: _Problem, lp: torch.Tensor, seq: torch.Tensor, seq0: torch.Tensor, objective: str,
+              s: ValueSettings) -> bool:
+    """Whether the optimisation may stop, from the answer log-probs ``lp`` ``[batch, d_vocab]`` and
+    the target sequence log-probs ``seq`` ``[n_rewrite]`` (``seq0`` before the edit): forgetting,
+    every aimed prompt's target dethroned and fallen by the margin; replacing, the new target's
+    mean per-token loss under 0.05."""
+    if objective != "forget":
+        return bool(_replace_loss(prob, seq) < 0.05)
+    n = prob.n_rewrite
+    met = dethroned_and_fell(seq0.to(seq.device), seq, lp[:n].argmax(-1) != prob.first.to(lp.device), s.margin)
+    return bool(met[prob.aimed.to(met.device)].all())
+
+
+@torch.no_grad()
+def _goal_in_float32(model, prob: _Problem, products, module, delta, direction, objective: str,
+                     s: ValueSettings) -> tuple[bool, torch.Tensor]:
+    """Whether a goal reached with bfloat16 products holds with float32 ones (the precision
+    verification scores in), against the float32 log-probs before the edit; and the float32
+    target sequence log-probs ``[n_rewrite]``. One forward without a backward pass."""
+    with products.exact(), _edited(module, delta, prob.positions, direction):
+        logits = _read_logits(model, prob)
+    lp, seq, _ = prob.reads.read(logits.float().log_softmax(-1))
+    seq = seq[:prob.n_rewrite]
+    return _goal_met(prob, lp, seq, prob.exact_seq0, objective, s), seq
 
 
 def _output_norm(output: torch.Tensor, positions: torch.Tensor) -> float:
