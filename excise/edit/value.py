@@ -386,7 +386,8 @@ def _partial_logits(runner: Runner, layer: int, resid: torch.Tensor, reads: _Rea
     ``layer``), unembedded only at the read positions."""
     final = runner.final_resid(layer, resid)  # [batch, pos, d_model]
     picked = final[reads.rows.to(final.device), reads.positions.to(final.device)]  # [n_read, d_model]
-    return runner.logits_of(picked[None])[0]
+    with torch.autocast(picked.device.type, enabled=False):  # logits always from float32 products:
+        return runner.logits_of(picked[None])[0]  # bfloat16 ones would round a logit of 20 to 1/8
 
 
 def _read_logits(model, prob: _Problem) -> torch.Tensor:
@@ -435,8 +436,9 @@ def low_precision(model, layer: int, s: ValueSettings) -> bool:
 
 
 def _downstream(model, layer: int) -> list:
-    """The modules a partial forward from block ``layer`` runs: the blocks, final norm, unembedding."""
-    return [model.blocks[i] for i in range(layer, model.cfg.n_layers)] + [model.ln_final, model.unembed]
+    """The blocks a partial forward from block ``layer`` runs (the final norm and the unembedding
+    stay float32: :func:`_partial_logits`)."""
+    return [model.blocks[i] for i in range(layer, model.cfg.n_layers)]
 
 
 def _before_subject_mask(model, templates, shape) -> torch.Tensor:
