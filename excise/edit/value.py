@@ -76,8 +76,9 @@ class ValueSettings:
     optimisation early (:data:`excise.criteria.TRAINING_MARGIN`). ``subject_probes``: probe the
     subject with :data:`~excise.edit.subject_probes.SUBJECT_TEMPLATES` and forget where the model
     states the fact, keep (KL, like the essence prompts) where it states another.
-    ``low_precision``: run the optimisation's matrix products in bfloat16
-    (:func:`excise.precision.bfloat16_matmuls`; the weights are restored bit for bit afterwards):
+    ``low_precision``: run the matrix products of the blocks the optimisation runs in bfloat16
+    (:func:`excise.precision.bfloat16_matmuls`; the weights are restored bit for bit afterwards;
+    the logits stay float32, and a goal reached counts once a float32 forward confirms it):
     None (the default) does where the model's weights are float32 on hardware that multiplies
     bfloat16 natively (:func:`excise.precision.fast_bfloat16`), True does on any device, False
     never does. ``bench/edit_speed.py`` measures the time saved and ``bench/forget_quality.py``
