@@ -35,7 +35,6 @@ def test_bfloat16_matmuls_restore_the_weights_bit_for_bit_even_after_an_error(ti
     assert all(p.data_ptr() == ptr and p.dtype == torch.float32 and torch.equal(p.detach(), copy)
                for p, (ptr, copy) in zip(params, originals))  # the very tensors, not rounded copies
     assert weights_hash(tiny) == before_hash
-    assert rounded.dtype == torch.float32 or rounded.dtype == torch.bfloat16
     assert not torch.equal(rounded.float(), exact)  # the products really ran in bfloat16
     assert torch.allclose(rounded.float(), exact, atol=0.1 * float(exact.abs().max()))
 

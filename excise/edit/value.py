@@ -224,6 +224,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
         history = []
         bf16 = low_precision(model, layer, s)
         rejected = 0  # goals reached with bfloat16 products that float32 ones did not confirm
+        exact_step = -1  # the last step whose goal a float32 forward judged
         with bfloat16_matmuls(_downstream(model, layer)) if bf16 else nullcontext() as products:
             for step in range(s.steps):
                 checkpoint("a value-optimisation step")
@@ -238,7 +239,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
                 if done and bf16:
                     done, exact_seq = _goal_in_float32(model, prob, products, module, delta, direction,
                                                        objective, s)
-                    seq, rejected = (exact_seq, rejected) if done else (seq, rejected + 1)
+                    seq, rejected, exact_step = exact_seq, rejected + (not done), step
                 if done or step == s.steps - 1:
                     break  # the returned delta is the one just evaluated
                 optimizer.zero_grad()
@@ -248,7 +249,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
                     max_norm = s.clamp_norm * prob.base_norm
                     if delta.norm() > max_norm:
                         delta.mul_(max_norm / delta.norm())
-            if bf16 and not done:  # the goal and log-probs reported are float32's, as verification's
+            if bf16 and exact_step != step:  # the goal and log-probs reported are float32's
                 done, seq = _goal_in_float32(model, prob, products, module, delta, direction, objective, s)
     info = {
         "objective": objective, "answer": answer, "rewrite_prompts": prompts,
