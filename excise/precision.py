@@ -42,6 +42,15 @@ def float32_matrices(modules: Iterable[torch.nn.Module]) -> list[torch.nn.Parame
     return list(seen.values())
 
 
+@contextmanager
+def _autocast(device_types: list[str], **kwargs) -> Iterator[None]:
+    """``torch.autocast(device_type, **kwargs)`` on each of ``device_types`` at once."""
+    with ExitStack() as stack:
+        for device_type in device_types:
+            stack.enter_context(torch.autocast(device_type, **kwargs))
+        yield
+
+
 class Bfloat16Products:
     """The state inside :func:`bfloat16_matmuls`: the swapped matrices, their float32 originals
     and bfloat16 copies, and the devices autocast runs on."""
@@ -62,9 +71,7 @@ class Bfloat16Products:
         precision, e.g. whether a goal reached with bfloat16 products holds); bfloat16 after."""
         self._hold(self.originals)
         try:
-            with ExitStack() as stack:
-                for device_type in self.devices:
-                    stack.enter_context(torch.autocast(device_type, enabled=False))
+            with _autocast(self.devices, enabled=False):
                 yield
         finally:
             self._hold(self.copies)
@@ -88,9 +95,7 @@ def bfloat16_matmuls(modules: Iterable[torch.nn.Module]) -> Iterator[Bfloat16Pro
     products = Bfloat16Products(params, sorted({p.device.type for p in params} or {"cpu"}))
     try:
         products._hold(products.copies)
-        with ExitStack() as stack:
-            for device_type in products.devices:
-                stack.enter_context(torch.autocast(device_type, dtype=torch.bfloat16))
+        with _autocast(products.devices, dtype=torch.bfloat16):
             yield products
     finally:
         products._hold(products.originals)

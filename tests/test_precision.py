@@ -3,6 +3,8 @@ value found is the float32 one up to bfloat16's rounding."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -66,10 +68,8 @@ def test_the_value_in_bfloat16_is_the_float32_value_up_to_rounding(tiny):
     direction = torch.randn(tiny.cfg.d_mlp, generator=torch.Generator().manual_seed(0)) / tiny.cfg.d_mlp
     before_hash = weights_hash(tiny)
     for along in (None, direction):
-        d32, info32 = compute_value(tiny, FACT, 1, settings=ValueSettings(**{**vars(settings), "low_precision": False}),
-                                    direction=along)
-        d16, info16 = compute_value(tiny, FACT, 1, settings=ValueSettings(**{**vars(settings), "low_precision": True}),
-                                    direction=along)
+        d32, info32 = compute_value(tiny, FACT, 1, settings=replace(settings, low_precision=False), direction=along)
+        d16, info16 = compute_value(tiny, FACT, 1, settings=replace(settings, low_precision=True), direction=along)
         assert (info32["low_precision"], info16["low_precision"]) == (False, True)
         assert info16["goal_rejected_in_float32"] >= 0 and info32["goal_rejected_in_float32"] == 0
         # the log-probs reported are float32's either way
