@@ -68,13 +68,15 @@ class Bfloat16Products:
     @contextmanager
     def exact(self) -> Iterator[None]:
         """Inside ``with``: the float32 weights and float32 products again (a check in full
-        precision, e.g. whether a goal reached with bfloat16 products holds); bfloat16 after."""
+        precision, e.g. whether a goal reached with bfloat16 products holds); afterwards whatever
+        the matrices held before (bfloat16, or float32 where ``exact()`` is nested in another)."""
+        held = [p.data for p in self.params]
         self._hold(self.originals)
         try:
             with _autocast(self.devices, enabled=False):
                 yield
         finally:
-            self._hold(self.copies)
+            self._hold(held)
 
 
 @contextmanager

@@ -54,6 +54,16 @@ def test_exact_goes_back_to_float32_inside_bfloat16_matmuls(tiny):
     assert torch.equal(again, exact)  # float32 weights and products: the same logits, bit for bit
 
 
+def test_a_nested_exact_leaves_the_outer_one_in_float32(tiny):
+    params = float32_matrices(_modules(tiny))
+    with torch.no_grad(), frozen(tiny), bfloat16_matmuls(_modules(tiny)) as products:
+        with products.exact():
+            with products.exact():
+                pass
+            assert all(p.dtype == torch.float32 for p in params)
+        assert all(p.dtype == torch.bfloat16 for p in params)
+
+
 def test_bfloat16_matmuls_refuse_weights_that_are_being_trained(tiny):
     with pytest.raises(ValueError, match="frozen"):
         with bfloat16_matmuls(_modules(tiny)):
@@ -90,3 +100,25 @@ def test_low_precision_is_chosen_only_for_float32_weights_on_fast_hardware(tiny,
     arch = next(iter(tiny_folders))
     half = load_model(str(tiny_folders[arch]), device="cpu", dtype=torch.bfloat16)
     assert not low_precision(half, 1, ValueSettings(low_precision=True))  # already 16-bit
+
+
+def test_where_the_partial_forward_differs_the_value_is_optimised_with_float32_full_forwards(tiny):
+    """The fallback to full forwards leaves bfloat16 behind (a full forward would unembed with
+    bfloat16 products): low_precision=True then finds exactly the float32 value, bit for bit."""
+    from excise.edit import value as value_module
+
+    settings = ValueSettings(n_prefixes=2, steps=4, subject_probes=False)
+    direction = torch.randn(tiny.cfg.d_mlp, generator=torch.Generator().manual_seed(0)) / tiny.cfg.d_mlp
+    before_hash = weights_hash(tiny)
+    runs = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(value_module, "_same", lambda *args: False)  # as if the partial forward differed
+        for low in (False, True):
+            runs.append(compute_value(tiny, FACT, 1, settings=replace(settings, low_precision=low),
+                                      direction=direction))
+    (d32, info32), (d16, info16) = runs
+    assert not info16["partial_forward"] and not info16["low_precision"]
+    assert torch.equal(d16, d32) and info16["steps"] == info32["steps"]
+    assert info16["target_logprob_after"] == info32["target_logprob_after"]
+    assert all(p.dtype == torch.float32 for p in float32_matrices(_modules(tiny)))
+    assert weights_hash(tiny) == before_hash

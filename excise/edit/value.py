@@ -32,13 +32,14 @@ Each step runs only what ``delta`` can change: blocks ``layer..`` from the cache
 entering block ``layer`` (:class:`excise.runner.Runner`), and the unembedding only at the positions
 a loss reads (the answer positions and the text before the subject). The first step, taken while
 ``delta`` is still zero, checks that partial forward against the unedited model's full forward; a
-model where they differ is optimised with full forwards instead.
+model where they differ is optimised with full forwards instead (float32 ones, whatever
+``low_precision`` says).
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -225,13 +226,18 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
         bf16 = low_precision(model, layer, s)
         rejected = 0  # goals reached with bfloat16 products that float32 ones did not confirm
         exact_step = -1  # the last step whose goal a float32 forward judged
-        with bfloat16_matmuls(_downstream(model, layer)) if bf16 else nullcontext() as products:
+        with ExitStack() as precision:
+            products = precision.enter_context(bfloat16_matmuls(_downstream(model, layer))) if bf16 else None
             for step in range(s.steps):
                 checkpoint("a value-optimisation step")
                 with _edited(module, delta, prob.positions, direction):
                     logits = _read_logits(model, prob)
-                    if step == 0:
-                        logits = _checked(model, prob, logits, bf16, objective)
+                    if step == 0 and not _checked(prob, logits, bf16):
+                        precision.close()  # full forwards run in float32 (bfloat16 would unembed coarsely)
+                        bf16, products = False, None
+                        logits = _read_logits(model, prob)  # this step again, as the references were read
+                    elif step == 0 and bf16:  # every loss compares forwards of one precision
+                        _set_references(prob, logits, objective)
                 logprobs = logits.float().log_softmax(-1)
                 loss, done, seq, record = _loss(logprobs, prob, objective, s, delta,
                                                 with_text=direction is not None)
@@ -402,21 +408,18 @@ def _read_logits(model, prob: _Problem) -> torch.Tensor:
     return logits[reads.rows.to(logits.device), reads.positions.to(logits.device)]
 
 
-def _checked(model, prob: _Problem, logits: torch.Tensor, low: bool, objective: str) -> torch.Tensor:
-    """The first step's ``logits``, read while ``delta`` is zero, must be the unedited model's: if
-    the partial forward's differ from the full forward's, optimise with full forwards from here
-    on (and read this step again with one). With bfloat16 matrix products (``low``) the match is
-    to bfloat16's rounding, and the losses' references are taken again from this step's logits,
-    so that every loss compares forwards of one precision (each KL term is zero at the start)."""
+def _checked(prob: _Problem, logits: torch.Tensor, low: bool) -> bool:
+    """Whether the first step's partial-forward ``logits``, read while ``delta`` is zero, are the
+    unedited model's full forward's (to bfloat16's rounding where the products ran in bfloat16:
+    ``low``). Where they differ, the partial forward is dropped (``prob.runner = None``) and the
+    optimisation goes on with full forwards, in float32; the caller then reads this step again."""
     full, prob.logits0 = prob.logits0, None  # needed only for this check
-    if prob.runner is not None and not _same(full, logits, low):
-        log.info("the partial forward from block %d differs from the full forward on this model; "
-                 "optimising with full forwards", prob.layer)
-        prob.runner = None
-        logits = _read_logits(model, prob)
-    if low:
-        _set_references(prob, logits, objective)
-    return logits
+    if prob.runner is None or _same(full, logits, low):
+        return True
+    log.info("the partial forward from block %d differs from the full forward on this model; "
+             "optimising with full forwards in float32", prob.layer)
+    prob.runner = None
+    return False
 
 
 def _same(full: torch.Tensor, partial: torch.Tensor, low: bool = False) -> bool:
