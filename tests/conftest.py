@@ -41,8 +41,11 @@ def tiny(request, tiny_folders):
 
 
 # Layers the real-model tests edit besides the editors' defaults: the hidden demo fact
-# (test_relearn_attacks) and the known-answer fact (test_locate_real).
-TEST_EDIT_LAYERS = (10, 14)
+# (test_relearn_attacks: where the Eiffel Tower's causal trace peaks) and the known-answer fact
+# (test_locate_real). Their key statistics are computed once, by `real_model`.
+HIDDEN_DEMO_LAYER = 10
+KNOWN_ANSWER_LAYER = 14
+TEST_EDIT_LAYERS = (HIDDEN_DEMO_LAYER, KNOWN_ANSWER_LAYER)
 
 
 @pytest.fixture(scope="session")

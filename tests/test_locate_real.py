@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from conftest import KNOWN_ANSWER_LAYER
 
 from excise.components import MLP
 from excise.facts import Fact
@@ -78,7 +79,7 @@ def test_known_answer_layer_taught_to_the_default_model_is_found(real_model):
     """
     from excise.edit import rome
 
-    model, layer = real_model, 14
+    model, layer = real_model, KNOWN_ANSWER_LAYER
     fact = Fact(id="zorbla", subject="Zorbla Quaxton", prompt="{} lives in the city of", target=" Oslo")
     edit = rome(model, fact, layer=layer, objective="replace", new_target=" Oslo", progress=False)
     try:

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import HIDDEN_DEMO_LAYER
 
 from excise.facts import Fact, Probe
 
@@ -306,7 +307,7 @@ def hide_at_output(model, fact, alpha: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def hidden_demo_fact(real_model):
-    """The demo fact edited by the rank-one editor at layer 10, where its causal trace peaks (as
+    """The demo fact edited by the rank-one editor at layer 10 (HIDDEN_DEMO_LAYER), where its causal trace peaks (as
     test_verify_real's relearning test finds it), with the earlier value settings: an edit
     verify's relearning attack shows only hid the fact. Undone after the module."""
     from excise.edit import rome
@@ -315,7 +316,7 @@ def hidden_demo_fact(real_model):
     fact = bundled("landmark-city-eiffel-tower")
     base = before_scores(real_model, [fact])
     settings = ValueSettings(subject_probes=False, essence_templates=ESSENCE_TEMPLATES)
-    edit = rome(real_model, fact, layer=10, settings=settings, progress=False)
+    edit = rome(real_model, fact, layer=HIDDEN_DEMO_LAYER, settings=settings, progress=False)
     try:
         yield fact, base, edit
     finally:
