@@ -1,6 +1,6 @@
 """What a rank-one edit and a verification cost, against their slower peers in the same process.
 
-    python bench/edit_speed.py [--facts 6] [--verify-editors 3] [--sections stats,attack,value,precision,verify]
+    python bench/edit_speed.py [--facts 6] [--verify-editors 3] [--sections stats,attack,value,precision,reads,verify]
 
 On the default model (CPU), for the first ``--facts`` known ``tune`` facts:
 
@@ -19,6 +19,9 @@ On the default model (CPU), for the first ``--facts`` known ``tune`` facts:
   bfloat16 where the CPU has them (:mod:`excise.precision`), against ``low_precision=False``,
   in alternating order: seconds, steps, the cosine of the two updates and the fact's target
   log-probability after each;
+* **reads**: the whole default ``rome``, whose value optimisation unembeds the text before the
+  subject once per distinct token prefix (:func:`excise.edit.value._distinct_text`), against the
+  same with every row's text positions read, as in **precision**;
 * **attack step and scoring**: one step of the relearning attack (full fine-tuning on the first
   8 facts' prompts at most; Adam at lr 0, so the weights stay) and the scoring forward of 4x ``--facts`` prompts
   in one batch (as :func:`excise.scoring.score_targets` runs it), with logits only at the answer
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -52,7 +56,7 @@ from excise.scoring import answer_logprobs, build_batch, score_targets, sequence
 from excise.verify import state_cache, verify
 from excise.verify.probes.relearn import adam
 
-SECTIONS = ("stats", "attack", "value", "precision", "verify")
+SECTIONS = ("stats", "attack", "value", "precision", "reads", "verify")
 
 VERIFY = dict(relearn_steps=5, relearn_facts=8, progress=False,
               budgets={"relearn_long_steps": 5, "lora_steps": (5,), "quant_bits": (4,), "gen_seeds": 1})
@@ -154,7 +158,10 @@ def main() -> None:
     if "value" in sections:
         value_and_rome(model, facts, layer)
     if "precision" in sections:
-        bfloat16_vs_float32(model, facts)
+        print(f"bfloat16 matrix products natively on this CPU: {fast_bfloat16('cpu')}")
+        rome_vs_peer(model, facts, ("bf16 products", "float32"), ValueSettings(low_precision=False))
+    if "reads" in sections:
+        rome_vs_peer(model, facts, ("distinct text", "every row"), peer_context=every_text_row)
     if "verify" in sections:
         verify_reuse(model, facts[0], [layer, max(0, layer - 2), layer + 2][: args.verify_editors])
 
@@ -206,32 +213,46 @@ def value_and_rome(model, facts, layer: int) -> None:
 
 
 
-def bfloat16_vs_float32(model, facts) -> None:
-    """Per fact: the whole default ``rome`` (its value optimisation's matrix products in bfloat16
-    where the hardware has them) against ``rome`` with ``low_precision=False``, in alternating
-    order; the steps each took and how alike the two updates are (cosine of ``dW``, and the
-    target's log-probability on the fact's prompt after each, in float32)."""
-    print(f"bfloat16 matrix products natively on this CPU: {fast_bfloat16('cpu')}")
-    print("| fact | steps bf16 / fp32 | rome, bf16 products (s) | rome, float32 (s) | ratio | cos(dW) | "
-          "target log-prob after, bf16 / fp32 |")
+def rome_vs_peer(model, facts, names: tuple[str, str], peer_settings: ValueSettings | None = None,
+                 peer_context=nullcontext) -> None:
+    """Per fact: the whole default ``rome`` against its peer (``rome`` with the value settings
+    ``peer_settings``, inside ``peer_context()``), in alternating order; the steps each took and
+    how alike the two updates are (cosine of ``dW``, and the target's log-probability on the
+    fact's prompt after each, in float32). ``names`` label the default and the peer."""
+    ours, theirs = names
+    print(f"| fact | steps {ours} / {theirs} | rome, {ours} (s) | rome, {theirs} (s) | ratio | cos(dW) | "
+          f"target log-prob after, {ours} / {theirs} |")
     print("|---|---|---|---|---|---|---|")
     totals = {True: 0.0, False: 0.0}
     for k, fact in enumerate(facts):
         runs = {}
-        for low in ((True, False) if k % 2 == 0 else (False, True)):
-            settings = ValueSettings(low_precision=None if low else False)
-            edit, seconds = timed(rome, model, fact, progress=False, settings=settings)
+        for default in ((True, False) if k % 2 == 0 else (False, True)):
+            with nullcontext() if default else peer_context():
+                settings = ValueSettings() if default else (peer_settings or ValueSettings())
+                edit, seconds = timed(rome, model, fact, progress=False, settings=settings)
             after = float(score_targets(model, [fact.text], [fact.target]).logprob[0])
             update = torch.cat([delta.float().flatten() for delta in edit.deltas.values()])
             edit.undo(model)
-            runs[low] = (seconds, edit.info["value"]["steps"], update, after)
-            totals[low] += seconds
-        (s16, n16, u16, a16), (s32, n32, u32, a32) = runs[True], runs[False]
-        cos = float(torch.nn.functional.cosine_similarity(u16, u32, dim=0))
-        print(f"| {fact.id} | {n16} / {n32} | {s16:.1f} | {s32:.1f} | {s16 / s32:.2f} | {cos:.4f} | "
-              f"{a16:.2f} / {a32:.2f} |", flush=True)
+            runs[default] = (seconds, edit.info["value"]["steps"], update, after)
+            totals[default] += seconds
+        (s_a, n_a, u_a, a_a), (s_b, n_b, u_b, a_b) = runs[True], runs[False]
+        cos = float(torch.nn.functional.cosine_similarity(u_a, u_b, dim=0))
+        print(f"| {fact.id} | {n_a} / {n_b} | {s_a:.1f} | {s_b:.1f} | {s_a / s_b:.2f} | {cos:.4f} | "
+              f"{a_a:.2f} / {a_b:.2f} |", flush=True)
     print(f"| all {len(facts)} | | {totals[True]:.1f} | {totals[False]:.1f} | {totals[True] / totals[False]:.2f} | | |",
           flush=True)
+
+
+@contextmanager
+def every_text_row():
+    """Inside ``with``: the value optimisation reads the text before the subject at every row's
+    positions, repeated token prefixes included (what it did before :func:`value_module._distinct_text`)."""
+    distinct = value_module._distinct_text
+    value_module._distinct_text = lambda tokens, mask: (mask, mask.long())
+    try:
+        yield
+    finally:
+        value_module._distinct_text = distinct
 
 
 def verify_reuse(model, fact, layers: list[int]) -> None:

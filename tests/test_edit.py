@@ -423,6 +423,31 @@ def _value_equals_full_forward_value(model):
     return infos[0]
 
 
+@torch.no_grad()
+def test_text_positions_with_one_token_prefix_are_read_once_with_their_copies(tiny):
+    """The value's text KL reads each distinct token prefix before the subject once, weighted by
+    the rows that share it (every row's BOS, a context that opens several templates); the logits
+    at the positions left out equal those at the one kept, so the loss is the same."""
+    from excise.edit.keys import subject_batch
+    from excise.edit.value import _before_subject_mask, _distinct_text, _Reads
+
+    templates = ["Some context. The capital of {} is", "Some context. The city where {} governs is",
+                 "The capital of {} is", "{} is a"]
+    batch, _ = subject_batch(tiny, templates, ["France"] * 4, [" Paris"] * 4)
+    mask = _before_subject_mask(tiny, templates, batch.tokens.shape)
+    kept, copies = _distinct_text(batch.tokens, mask)
+    assert int(copies.sum()) == int(mask.sum()) and int(kept.sum()) < int(mask.sum())
+    assert not (kept & ~mask).any() and bool((copies[kept] >= 1).all()) and not copies[~kept].any()
+    rows = batch.tokens.tolist()
+    assert int(copies[0, 0]) == sum(r[0] == rows[0][0] for r in rows)  # BOS (or "Some"): read once
+    logits = tiny(batch.tokens)  # [batch, pos, d_vocab]
+    for row, position in mask.nonzero().tolist():
+        twin = next((r, p) for r, p in kept.nonzero().tolist() if rows[r][:p + 1] == rows[row][:position + 1])
+        assert torch.allclose(logits[row, position], logits[twin], atol=1e-5)
+    reads = _Reads.of(batch, mask)
+    assert len(reads.text) == int(kept.sum()) and float(reads.text_weight.sum()) == int(mask.sum())
+
+
 def test_prompts_the_direction_barely_reaches_are_named_and_can_be_left_out(tiny):
     """Each prompt to forget gets its ``k . u`` (its subject key against the edit's direction); those
     far below the best are named, and ``min_reach`` leaves them out of the value optimisation."""

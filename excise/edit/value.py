@@ -125,7 +125,9 @@ class _Reads:
 
     ``rows``, ``positions`` ``[n_read]``: the read positions (row-major); ``first`` ``[batch]``:
     each row's last prompt position; ``answer``, ``answer_token``, ``answer_row`` ``[n_answer]``:
-    each answer token's position, id and row; ``text`` ``[n_text]``: the tokens before the subject.
+    each answer token's position, id and row; ``text`` ``[n_text]``: the tokens before the subject,
+    each distinct token prefix once, and ``text_weight`` ``[n_text]`` how many rows share it
+    (:func:`_distinct_text`).
     """
 
     rows: torch.Tensor
@@ -135,9 +137,11 @@ class _Reads:
     answer_token: torch.Tensor
     answer_row: torch.Tensor
     text: torch.Tensor
+    text_weight: torch.Tensor
 
     @classmethod
     def of(cls, batch, text_mask: torch.Tensor) -> _Reads:
+        text_mask, copies = _distinct_text(batch.tokens, text_mask)
         need = text_mask.clone()  # [batch, pos]
         for b, positions in enumerate(batch.answer_positions):
             need[b, positions] = True
@@ -147,7 +151,8 @@ class _Reads:
         answer_row, answer_position = batch.answer_index()
         answer = index[answer_row, answer_position]
         first = answer[batch.first_answer_index()]
-        return cls(rows, positions, first, answer, batch.answer_ids(), answer_row, index[text_mask])
+        return cls(rows, positions, first, answer, batch.answer_ids(), answer_row, index[text_mask],
+                   copies[text_mask].float())
 
     def read(self, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """From log-probs ``[n_read, d_vocab]``: the first answer token's distribution ``[batch,
@@ -446,6 +451,26 @@ def _downstream(model, layer: int) -> list:
     return [model.blocks[i] for i in range(layer, model.cfg.n_layers)]
 
 
+def _distinct_text(tokens: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``text_mask`` ``[batch, pos]`` with each distinct token prefix kept once (its first row),
+    and ``[batch, pos]`` how many of the masked positions share each kept one's prefix.
+
+    A causal model's prediction at position ``p`` depends only on the tokens up to ``p``, and the
+    edit acts token by token, so positions whose token prefixes are equal (every row's BOS; a
+    context prefix that opens several templates) have equal logits: the unembedding and the
+    text KL read each once, weighted by its copies, instead of once per row.
+    """
+    kept = torch.zeros_like(text_mask)
+    copies = torch.zeros(text_mask.shape, dtype=torch.long)
+    first: dict[tuple[int, ...], tuple[int, int]] = {}
+    rows = tokens.tolist()
+    for row, position in text_mask.nonzero().tolist():
+        at = first.setdefault(tuple(rows[row][:position + 1]), (row, position))
+        kept[at] = True
+        copies[at] += 1
+    return kept, copies
+
+
 def _before_subject_mask(model, templates, shape) -> torch.Tensor:
     """``[batch, pos]`` True at positions whose next-token prediction precedes the subject.
 
@@ -476,7 +501,8 @@ def _loss(logprobs, prob: _Problem, objective: str, s: ValueSettings, delta, wit
         main = _replace_loss(prob, seq)
     done = _goal_met(prob, lp, seq, prob.seq0, objective, s)
     essence = _kl(prob.essence_q, lp[n:])
-    text = _kl(prob.text_lp0.exp(), text_lp) if with_text else torch.zeros((), device=lp.device)
+    text = (_kl(prob.text_lp0.exp(), text_lp, prob.reads.text_weight) if with_text
+            else torch.zeros((), device=lp.device))
     decay = s.weight_decay * delta.norm() ** 2 / prob.base_norm ** 2
     loss = main + s.kl_weight * essence + s.text_kl_weight * text + decay
     record = {"loss": float(loss.detach()), "main": float(main.detach()), "essence_kl": float(essence.detach()),
@@ -532,7 +558,12 @@ def _without_targets(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return probs / probs.sum(-1, keepdim=True)
 
 
-def _kl(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of ``KL(p || q)`` with ``p`` ``[batch, d_vocab]`` probabilities."""
+def _kl(p: torch.Tensor, log_q: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over rows of ``KL(p || q)`` with ``p`` ``[batch, d_vocab]`` probabilities, each row
+    counted ``weight[row]`` times (``[batch]``; once each without it)."""
     log_p = torch.where(p > 0, p.clamp_min(1e-30).log(), torch.zeros_like(p))
-    return (p * (log_p - log_q)).sum(-1).mean()
+    kl = (p * (log_p - log_q)).sum(-1)  # [batch]
+    if weight is None:
+        return kl.mean()
+    weight = weight.to(kl.device)
+    return (kl * weight).sum() / weight.sum()
