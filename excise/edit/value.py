@@ -30,7 +30,8 @@ opens the text) are named in the info and the log, since they will probably keep
 
 Each step runs only what ``delta`` can change: blocks ``layer..`` from the cached residual stream
 entering block ``layer`` (:class:`excise.runner.Runner`), and the unembedding only at the positions
-a loss reads (the answer positions and the text before the subject). The first step, taken while
+a loss reads (the answer positions and the text before the subject, each distinct token prefix of
+that text once: :func:`_distinct_text`). The first step, taken while
 ``delta`` is still zero, checks that partial forward against the unedited model's full forward; a
 model where they differ is optimised with full forwards instead (float32 ones, whatever
 ``low_precision`` says).
