@@ -248,7 +248,7 @@ def every_text_row():
     """Inside ``with``: the value optimisation reads the text before the subject at every row's
     positions, repeated token prefixes included (what it did before :func:`value_module._distinct_text`)."""
     distinct = value_module._distinct_text
-    value_module._distinct_text = lambda tokens, mask: (mask, mask.long())
+    value_module._distinct_text = lambda tokens, mask: mask.long()  # each position once, its own copy
     try:
         yield
     finally:

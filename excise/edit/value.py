@@ -142,7 +142,8 @@ class _Reads:
 
     @classmethod
     def of(cls, batch, text_mask: torch.Tensor) -> _Reads:
-        text_mask, copies = _distinct_text(batch.tokens, text_mask)
+        copies = _distinct_text(batch.tokens, text_mask)  # [batch, pos]
+        text_mask = copies > 0
         need = text_mask.clone()  # [batch, pos]
         for b, positions in enumerate(batch.answer_positions):
             need[b, positions] = True
@@ -452,24 +453,21 @@ def _downstream(model, layer: int) -> list:
     return [model.blocks[i] for i in range(layer, model.cfg.n_layers)]
 
 
-def _distinct_text(tokens: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``text_mask`` ``[batch, pos]`` with each distinct token prefix kept once (its first row),
-    and ``[batch, pos]`` how many of the masked positions share each kept one's prefix.
+def _distinct_text(tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """``[batch, pos]``: at the first masked position of each distinct token prefix, how many of
+    the positions in ``text_mask`` share that prefix; 0 everywhere else (the copies left out).
 
     A causal model's prediction at position ``p`` depends only on the tokens up to ``p``, and the
     edit acts token by token, so positions whose token prefixes are equal (every row's BOS; a
     context prefix that opens several templates) have equal logits: the unembedding and the
     text KL read each once, weighted by its copies, instead of once per row.
     """
-    kept = torch.zeros_like(text_mask)
     copies = torch.zeros(text_mask.shape, dtype=torch.long)
     first: dict[tuple[int, ...], tuple[int, int]] = {}
     rows = tokens.tolist()
     for row, position in text_mask.nonzero().tolist():
-        at = first.setdefault(tuple(rows[row][:position + 1]), (row, position))
-        kept[at] = True
-        copies[at] += 1
-    return kept, copies
+        copies[first.setdefault(tuple(rows[row][:position + 1]), (row, position))] += 1
+    return copies
 
 
 def _before_subject_mask(model, templates, shape) -> torch.Tensor:
