@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -233,11 +234,12 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
         bf16 = low_precision(model, layer, s)
         rejected = 0  # goals reached with bfloat16 products that float32 ones did not confirm
         exact_step = -1  # the last step whose goal a float32 forward judged
+        edit = partial(_edited, module, delta, prob.positions, direction)  # the value's hook, as a context
         with ExitStack() as precision:
             products = precision.enter_context(bfloat16_matmuls(_downstream(model, layer))) if bf16 else None
             for step in range(s.steps):
                 checkpoint("a value-optimisation step")
-                with _edited(module, delta, prob.positions, direction):
+                with edit():
                     logits = _read_logits(model, prob)
                     if step == 0 and not _checked(prob, logits, bf16):
                         precision.close()  # full forwards run in float32 (bfloat16 would unembed coarsely)
@@ -250,8 +252,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
                                                 with_text=direction is not None)
                 history.append({"step": step, **record})
                 if done and bf16:
-                    done, exact_seq = _goal_in_float32(model, prob, products, module, delta, direction,
-                                                       objective, s)
+                    done, exact_seq = _goal_in_float32(model, prob, products, edit, objective, s)
                     seq, rejected, exact_step = exact_seq, rejected + (not done), step
                 if done or step == s.steps - 1:
                     break  # the returned delta is the one just evaluated
@@ -263,7 +264,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
                     if delta.norm() > max_norm:
                         delta.mul_(max_norm / delta.norm())
             if bf16 and exact_step != step:  # the goal and log-probs reported are float32's
-                done, seq = _goal_in_float32(model, prob, products, module, delta, direction, objective, s)
+                done, seq = _goal_in_float32(model, prob, products, edit, objective, s)
     info = {
         "objective": objective, "answer": answer, "rewrite_prompts": prompts,
         "steps": len(history), "goal_met": done, "final": history[-1], "exact": direction is not None,
@@ -529,12 +530,13 @@ def _goal_met(prob: _Problem, lp: torch.Tensor, seq: torch.Tensor, seq0: torch.T
 
 
 @torch.no_grad()
-def _goal_in_float32(model, prob: _Problem, products, module, delta, direction, objective: str,
+def _goal_in_float32(model, prob: _Problem, products, edit, objective: str,
                      s: ValueSettings) -> tuple[bool, torch.Tensor]:
     """Whether a goal reached with bfloat16 products holds with float32 ones (the precision
     verification scores in), against the float32 log-probs before the edit; and the float32
-    target sequence log-probs ``[n_rewrite]``. One forward without a backward pass."""
-    with products.exact(), _edited(module, delta, prob.positions, direction):
+    target sequence log-probs ``[n_rewrite]``. One forward without a backward pass, with ``edit()``
+    (the value's hook) around it."""
+    with products.exact(), edit():
         logits = _read_logits(model, prob)
     lp, seq, _ = prob.reads.read(logits.float().log_softmax(-1))
     seq = seq[:prob.n_rewrite]
