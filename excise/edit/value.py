@@ -86,6 +86,11 @@ class ValueSettings:
     bfloat16 natively (:func:`excise.precision.fast_bfloat16`), True does on any device, False
     never does. ``bench/edit_speed.py`` measures the time saved and ``bench/forget_quality.py``
     (row ``rome[low_precision=False]``) what it changes in the edits.
+    ``patience``: stop once ``patience`` steps in a row have not brought the prompts still short of
+    the goal ``min_progress`` (a share) closer to it than the best step before them (the nats they
+    lack: :func:`_shortfall`): a prompt the edit's direction barely reaches, or one hovering at
+    the margin, would otherwise hold the optimisation to ``steps`` for nothing; 0 never stops early
+    short of the goal.
     ``min_reach``: with ``direction=`` (the exact rank-one simulation), a prompt to forget whose
     subject key the edit reaches with ``k . u`` below this share of the best-reached prompt's
     ``k . u`` is left out of the losses and of the goal (see :func:`reached`); 0 keeps them all
@@ -106,6 +111,8 @@ class ValueSettings:
     subject_probes: bool = True
     min_reach: float = 0.0
     low_precision: bool | None = None
+    patience: int = 0
+    min_progress: float = 0.05
 
 
 def objective_target(fact, objective: str, new_target: str | None) -> str:
@@ -254,7 +261,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
                 if done and bf16:
                     done, exact_seq = _goal_in_float32(model, prob, products, edit, objective, s)
                     seq, rejected, exact_step = exact_seq, rejected + (not done), step
-                if done or step == s.steps - 1:
+                if done or step == s.steps - 1 or _stalled(history, s):
                     break  # the returned delta is the one just evaluated
                 optimizer.zero_grad()
                 loss.backward()
@@ -267,7 +274,9 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
                 done, seq = _goal_in_float32(model, prob, products, edit, objective, s)
     info = {
         "objective": objective, "answer": answer, "rewrite_prompts": prompts,
-        "steps": len(history), "goal_met": done, "final": history[-1], "exact": direction is not None,
+        "steps": len(history), "goal_met": done, "final": history[-1],
+        "stopped": "goal" if done else "steps" if len(history) == s.steps else "stalled",
+        "exact": direction is not None,
         "partial_forward": prob.runner is not None, "low_precision": bf16,
         "goal_rejected_in_float32": rejected,
         "target_logprob_before": prob.exact_seq0.tolist(), "target_logprob_after": seq.detach().tolist(),
@@ -506,7 +515,8 @@ def _loss(logprobs, prob: _Problem, objective: str, s: ValueSettings, delta, wit
     decay = s.weight_decay * delta.norm() ** 2 / prob.base_norm ** 2
     loss = main + s.kl_weight * essence + s.text_kl_weight * text + decay
     record = {"loss": float(loss.detach()), "main": float(main.detach()), "essence_kl": float(essence.detach()),
-              "text_kl": float(text.detach()), "delta_norm": float(delta.detach().norm())}
+              "text_kl": float(text.detach()), "delta_norm": float(delta.detach().norm()),
+              "shortfall": _shortfall(prob, lp.detach(), seq.detach(), objective, s)}
     return loss, done, seq, record
 
 
@@ -527,6 +537,33 @@ def _goal_met(prob: _Problem, lp: torch.Tensor, seq: torch.Tensor, seq0: torch.T
     n = prob.n_rewrite
     met = dethroned_and_fell(seq0.to(seq.device), seq, lp[:n].argmax(-1) != prob.first.to(lp.device), s.margin)
     return bool(met[prob.aimed.to(met.device)].all())
+
+
+def _shortfall(prob: _Problem, lp: torch.Tensor, seq: torch.Tensor, objective: str, s: ValueSettings) -> float:
+    """How far the prompts are from the goal of :func:`_goal_met`, in nats, from the answer
+    log-probs ``lp`` ``[batch, d_vocab]`` and the target sequence log-probs ``seq`` ``[n_rewrite]``:
+    forgetting, summed over the aimed prompts, what the target's sequence log-prob must still fall
+    to reach the margin plus what its first token must still fall to lose first place; replacing,
+    the new target's mean per-token loss above the goal."""
+    if objective != "forget":
+        return float((_replace_loss(prob, seq) - 0.05).clamp_min(0))
+    rows = torch.arange(prob.n_rewrite, device=lp.device)[prob.aimed.to(lp.device)]
+    first = prob.first.to(lp.device)[rows]
+    fall = (seq[rows] - (prob.seq0.to(seq.device)[rows] - s.margin)).clamp_min(0)
+    target = lp[rows, first]
+    others = lp[rows].scatter(1, first[:, None], float("-inf")).max(-1).values
+    return float(fall.sum() + (target - others).clamp_min(0).sum())
+
+
+def _stalled(history: list[dict], s: ValueSettings) -> bool:
+    """Whether the last ``s.patience`` steps (``history``'s records) brought the prompts no
+    ``s.min_progress`` share closer to the goal than the best step before them (see
+    :class:`ValueSettings`); never with ``patience`` 0."""
+    if not s.patience or len(history) <= s.patience:
+        return False
+    shortfalls = [record["shortfall"] for record in history]
+    before = min(shortfalls[:-s.patience])
+    return min(shortfalls[-s.patience:]) > (1 - s.min_progress) * before
 
 
 @torch.no_grad()
