@@ -473,3 +473,31 @@ def test_prompts_the_direction_barely_reaches_are_named_and_can_be_left_out(tiny
     assert best_only["left_out_prompts"] == [p for p, r in zip(prompts, reach) if r < reach.max()]
     assert 0 < len(best_only["left_out_prompts"]) < len(prompts)
     assert best_only["final"]["main"] != pytest.approx(every["final"]["main"])
+
+
+def test_the_value_optimisation_stops_once_the_prompts_stop_closing_in_on_the_goal(tiny):
+    """``patience`` ends the optimisation when its last steps brought the prompts short of the goal
+    no ``min_progress`` share closer than the best step before them; ``info`` says why it stopped."""
+    from dataclasses import replace
+
+    from excise.edit.value import _stalled, compute_value
+
+    def history(*shortfalls):
+        return [{"shortfall": x} for x in shortfalls]
+
+    rule = ValueSettings(patience=2, min_progress=0.1)
+    assert not _stalled(history(10.0, 8.0), rule)  # too few steps to judge
+    assert not _stalled(history(10.0, 9.5, 8.9), rule)  # 11% closer than the best step before
+    assert _stalled(history(10.0, 9.5, 9.2), rule)
+    assert _stalled(history(10.0, 7.0, 8.0, 7.5), rule)  # judged against the best step, not the last
+    assert not _stalled(history(10.0, 9.5, 9.2), replace(rule, patience=0))
+
+    # a goal no value reaches (the target 1000 nats down), and no step short of it counts as progress
+    settings = ValueSettings(n_prefixes=2, steps=10, subject_probes=False, margin=1000.0, patience=2, min_progress=1.0)
+    _, stalled = compute_value(tiny, FACT, 1, settings=settings)
+    assert (stalled["steps"], stalled["stopped"], stalled["goal_met"]) == (3, "stalled", False)
+    assert stalled["final"]["shortfall"] > 900
+    _, capped = compute_value(tiny, FACT, 1, settings=replace(settings, steps=4, patience=0))
+    assert (capped["steps"], capped["stopped"]) == (4, "steps")
+    _, met = compute_value(tiny, FACT, 1, settings=replace(settings, margin=0.0, steps=10, patience=0))
+    assert met["stopped"] == ("goal" if met["goal_met"] else "steps")
