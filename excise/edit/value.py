@@ -63,6 +63,8 @@ ESSENCE_TEMPLATES = ("{} is a", "{} is known for")
 LOW_REACH = 0.2
 """A prompt to forget whose ``k . u`` is below this share of the best-reached prompt's is named
 as barely reached (:func:`reached`)."""
+REPLACE_GOAL = 0.05
+"""Replacing, the optimisation may stop once the new target's mean per-token loss is under this."""
 
 
 @dataclass(frozen=True)
@@ -531,9 +533,9 @@ def _goal_met(prob: _Problem, lp: torch.Tensor, seq: torch.Tensor, seq0: torch.T
     """Whether the optimisation may stop, from the answer log-probs ``lp`` ``[batch, d_vocab]`` and
     the target sequence log-probs ``seq`` ``[n_rewrite]`` (``seq0`` before the edit): forgetting,
     every aimed prompt's target dethroned and fallen by the margin; replacing, the new target's
-    mean per-token loss under 0.05."""
+    mean per-token loss under :data:`REPLACE_GOAL`."""
     if objective != "forget":
-        return bool(_replace_loss(prob, seq) < 0.05)
+        return bool(_replace_loss(prob, seq) < REPLACE_GOAL)
     n = prob.n_rewrite
     met = dethroned_and_fell(seq0.to(seq.device), seq, lp[:n].argmax(-1) != prob.first.to(lp.device), s.margin)
     return bool(met[prob.aimed.to(met.device)].all())
@@ -546,7 +548,7 @@ def _shortfall(prob: _Problem, lp: torch.Tensor, seq: torch.Tensor, objective: s
     to reach the margin plus what its first token must still fall to lose first place; replacing,
     the new target's mean per-token loss above the goal."""
     if objective != "forget":
-        return float((_replace_loss(prob, seq) - 0.05).clamp_min(0))
+        return float((_replace_loss(prob, seq) - REPLACE_GOAL).clamp_min(0))
     rows = torch.arange(prob.n_rewrite, device=lp.device)[prob.aimed.to(lp.device)]
     first = prob.first.to(lp.device)[rows]
     fall = (seq[rows] - (prob.seq0.to(seq.device)[rows] - s.margin)).clamp_min(0)
