@@ -23,7 +23,8 @@ sees what the edit will really do: paraphrases whose subject key is only partly 
 ``k*`` get a proportionally smaller push (and ``delta`` grows until they are forgotten too), and a
 KL term on the tokens before the subject (ordinary text) penalises a direction that fires there.
 Optimisation stops early once every prompt meets the goal (forget: the target's sequence
-probability fell by ``margin`` nats and it is no longer ranked first). Prompts the edit's
+probability fell by ``margin`` nats and it is no longer ranked first), or, with ``patience``, once
+its steps stop closing in on that goal. Prompts the edit's
 direction barely reaches (``k . u`` far below the other prompts': in practice a subject that
 opens the text) are named in the info and the log, since they will probably keep the answer;
 ``min_reach`` leaves them out of the losses and the goal.
