@@ -91,9 +91,11 @@ class ValueSettings:
     (row ``rome[low_precision=False]``) what it changes in the edits.
     ``patience``: stop once ``patience`` steps in a row have not brought the prompts still short of
     the goal ``min_progress`` (a share) closer to it than the best step before them (the nats they
-    lack: :func:`_shortfall`): a prompt the edit's direction barely reaches, or one hovering at
+    lack: :func:`_shortfalls`): a prompt the edit's direction barely reaches, or one hovering at
     the margin, would otherwise hold the optimisation to ``steps`` for nothing; 0 never stops early
-    short of the goal.
+    short of the goal. ``stall_past_reach``: with ``direction=``, count a stall only once every
+    prompt the direction reaches (``k . u`` at :data:`LOW_REACH` of the best or more) meets the
+    goal, so that only the barely reached ones are left short of it.
     ``min_reach``: with ``direction=`` (the exact rank-one simulation), a prompt to forget whose
     subject key the edit reaches with ``k . u`` below this share of the best-reached prompt's
     ``k . u`` is left out of the losses and of the goal (see :func:`reached`); 0 keeps them all
@@ -116,6 +118,7 @@ class ValueSettings:
     low_precision: bool | None = None
     patience: int = 0
     min_progress: float = 0.05
+    stall_past_reach: bool = False
 
 
 def objective_target(fact, objective: str, new_target: str | None) -> str:
@@ -199,6 +202,7 @@ class _Problem:
     text_lp0: torch.Tensor  # [n_text, d_vocab] next-token log-probs before the subject, before the edit
     base_norm: float
     exact_seq0: torch.Tensor | None = None  # [n_rewrite] seq0 from float32 products (seq0 may be rebased)
+    reachable: torch.Tensor | None = None  # [n_rewrite] bool: k . u at LOW_REACH of the best or more
 
 
 def compute_value(model, fact, layer: int, objective: str = "forget", new_target: str | None = None,
@@ -234,8 +238,8 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
             reach = prob.keys.float() @ direction.to(prob.keys.device, torch.float32)  # [n_rewrite]
             if objective == "forget" and s.min_reach > 0:
                 prob.aimed = reached(reach, s.min_reach).to(prob.first.device)
-            low = [(p, float(r), bool(a)) for p, ok, r, a in
-                   zip(prompts, reached(reach, LOW_REACH), reach, prob.aimed) if not ok]
+            prob.reachable = reached(reach, LOW_REACH).to(prob.first.device)
+            low = [(p, float(r), bool(a)) for p, ok, r, a in zip(prompts, prob.reachable, reach, prob.aimed) if not ok]
             _say_low_reach(fact, low, len(prompts), float(reach.max()), layer)
         delta = torch.zeros(model.cfg.d_model, dtype=torch.float32,  # whatever the model's dtype
                             device=prob.batch.tokens.device, requires_grad=True)
@@ -519,7 +523,7 @@ def _loss(logprobs, prob: _Problem, objective: str, s: ValueSettings, delta, wit
     loss = main + s.kl_weight * essence + s.text_kl_weight * text + decay
     record = {"loss": float(loss.detach()), "main": float(main.detach()), "essence_kl": float(essence.detach()),
               "text_kl": float(text.detach()), "delta_norm": float(delta.detach().norm()),
-              "shortfall": _shortfall(prob, lp.detach(), seq.detach(), objective, s)}
+              **_shortfalls(prob, lp.detach(), seq.detach(), objective, s)}
     return loss, done, seq, record
 
 
@@ -542,27 +546,36 @@ def _goal_met(prob: _Problem, lp: torch.Tensor, seq: torch.Tensor, seq0: torch.T
     return bool(met[prob.aimed.to(met.device)].all())
 
 
-def _shortfall(prob: _Problem, lp: torch.Tensor, seq: torch.Tensor, objective: str, s: ValueSettings) -> float:
+def _shortfalls(prob: _Problem, lp: torch.Tensor, seq: torch.Tensor, objective: str,
+                s: ValueSettings) -> dict[str, float]:
     """How far the prompts are from the goal of :func:`_goal_met`, in nats, from the answer
     log-probs ``lp`` ``[batch, d_vocab]`` and the target sequence log-probs ``seq`` ``[n_rewrite]``:
     forgetting, summed over the aimed prompts, what the target's sequence log-prob must still fall
     to reach the margin plus what its first token must still fall to lose first place; replacing,
-    the new target's mean per-token loss above the goal."""
+    the new target's mean per-token loss above the goal. ``"shortfall"`` over every aimed prompt,
+    ``"reached_shortfall"`` over those the direction reaches (:attr:`_Problem.reachable`)."""
     if objective != "forget":
-        return float((_replace_loss(prob, seq) - REPLACE_GOAL).clamp_min(0))
-    rows = torch.arange(prob.n_rewrite, device=lp.device)[prob.aimed.to(lp.device)]
-    first = prob.first.to(lp.device)[rows]
-    fall = (seq[rows] - (prob.seq0.to(seq.device)[rows] - s.margin)).clamp_min(0)
+        short = float((_replace_loss(prob, seq) - REPLACE_GOAL).clamp_min(0))
+        return {"shortfall": short, "reached_shortfall": short}
+    first = prob.first.to(lp.device)
+    rows = torch.arange(prob.n_rewrite, device=lp.device)
+    fall = (seq - (prob.seq0.to(seq.device) - s.margin)).clamp_min(0)  # [n_rewrite]
     target = lp[rows, first]
-    others = lp[rows].scatter(1, first[:, None], float("-inf")).max(-1).values
-    return float(fall.sum() + (target - others).clamp_min(0).sum())
+    others = lp[:prob.n_rewrite].scatter(1, first[:, None], float("-inf")).max(-1).values
+    short = fall + (target - others).clamp_min(0)  # [n_rewrite]
+    aimed = prob.aimed.to(lp.device)
+    reachable = aimed if prob.reachable is None else aimed & prob.reachable.to(lp.device)
+    return {"shortfall": float(short[aimed].sum()), "reached_shortfall": float(short[reachable].sum())}
 
 
 def _stalled(history: list[dict], s: ValueSettings) -> bool:
     """Whether the last ``s.patience`` steps (``history``'s records) brought the prompts no
     ``s.min_progress`` share closer to the goal than the best step before them (see
-    :class:`ValueSettings`); never with ``patience`` 0."""
+    :class:`ValueSettings`); never with ``patience`` 0, nor, with ``stall_past_reach``, while a
+    prompt the direction reaches is short of the goal."""
     if not s.patience or len(history) <= s.patience:
+        return False
+    if s.stall_past_reach and history[-1]["reached_shortfall"] > 0:
         return False
     shortfalls = [record["shortfall"] for record in history]
     before = min(shortfalls[:-s.patience])
