@@ -477,7 +477,8 @@ def test_prompts_the_direction_barely_reaches_are_named_and_can_be_left_out(tiny
 
 def test_the_value_optimisation_stops_once_the_prompts_stop_closing_in_on_the_goal(tiny):
     """``patience`` ends the optimisation when its last steps brought the prompts short of the goal
-    no ``min_progress`` share closer than the best step before them; ``info`` says why it stopped."""
+    no ``min_progress`` share closer than the best step before them (with ``stall_past_reach``, only
+    once the prompts the direction reaches meet it); ``info`` says why it stopped."""
     from dataclasses import replace
 
     from excise.edit.value import _stalled, compute_value
@@ -491,12 +492,19 @@ def test_the_value_optimisation_stops_once_the_prompts_stop_closing_in_on_the_go
     assert _stalled(history(10.0, 9.5, 9.2), rule)
     assert _stalled(history(10.0, 7.0, 8.0, 7.5), rule)  # judged against the best step, not the last
     assert not _stalled(history(10.0, 9.5, 9.2), replace(rule, patience=0))
+    past_reach = replace(rule, stall_past_reach=True)  # a stall counts once only barely reached prompts are short
+    assert not _stalled([{"shortfall": x, "reached_shortfall": 0.5} for x in (10.0, 9.5, 9.2)], past_reach)
+    assert _stalled([{"shortfall": x, "reached_shortfall": 0.0} for x in (10.0, 9.5, 9.2)], past_reach)
 
     # a goal no value reaches (the target 1000 nats down), and no step short of it counts as progress
     settings = ValueSettings(n_prefixes=2, steps=10, subject_probes=False, margin=1000.0, patience=2, min_progress=1.0)
     _, stalled = compute_value(tiny, FACT, 1, settings=settings)
     assert (stalled["steps"], stalled["stopped"], stalled["goal_met"]) == (3, "stalled", False)
     assert stalled["final"]["shortfall"] > 900
+    direction = torch.randn(tiny.cfg.d_mlp, generator=torch.Generator().manual_seed(1)) / tiny.cfg.d_mlp
+    _, waits = compute_value(tiny, FACT, 1, settings=replace(settings, stall_past_reach=True), direction=direction)
+    assert (waits["steps"], waits["stopped"]) == (10, "steps")  # the reached prompts never meet the goal
+    assert 0 < waits["final"]["reached_shortfall"] <= waits["final"]["shortfall"]
     _, capped = compute_value(tiny, FACT, 1, settings=replace(settings, steps=4, patience=0))
     assert (capped["steps"], capped["stopped"]) == (4, "steps")
     _, met = compute_value(tiny, FACT, 1, settings=replace(settings, margin=0.0, steps=10, patience=0))
