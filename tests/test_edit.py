@@ -483,8 +483,8 @@ def test_the_value_optimisation_stops_once_the_prompts_stop_closing_in_on_the_go
 
     from excise.edit.value import _stalled, compute_value
 
-    def history(*shortfalls):
-        return [{"shortfall": x} for x in shortfalls]
+    def history(*shortfalls, reached=0.0):  # each step's record; `reached`: the reached prompts' part
+        return [{"shortfall": x, "reached_shortfall": reached} for x in shortfalls]
 
     rule = ValueSettings(patience=2, min_progress=0.1)
     assert not _stalled(history(10.0, 8.0), rule)  # too few steps to judge
@@ -493,8 +493,8 @@ def test_the_value_optimisation_stops_once_the_prompts_stop_closing_in_on_the_go
     assert _stalled(history(10.0, 7.0, 8.0, 7.5), rule)  # judged against the best step, not the last
     assert not _stalled(history(10.0, 9.5, 9.2), replace(rule, patience=0))
     past_reach = replace(rule, stall_past_reach=True)  # a stall counts once only barely reached prompts are short
-    assert not _stalled([{"shortfall": x, "reached_shortfall": 0.5} for x in (10.0, 9.5, 9.2)], past_reach)
-    assert _stalled([{"shortfall": x, "reached_shortfall": 0.0} for x in (10.0, 9.5, 9.2)], past_reach)
+    assert not _stalled(history(10.0, 9.5, 9.2, reached=0.5), past_reach)
+    assert _stalled(history(10.0, 9.5, 9.2, reached=0.0), past_reach)
 
     # a goal no value reaches (the target 1000 nats down), and no step short of it counts as progress
     settings = ValueSettings(n_prefixes=2, steps=10, subject_probes=False, margin=1000.0, patience=2, min_progress=1.0)
