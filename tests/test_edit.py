@@ -501,6 +501,8 @@ def test_the_value_optimisation_stops_once_the_prompts_stop_closing_in_on_the_go
     _, stalled = compute_value(tiny, FACT, 1, settings=settings)
     assert (stalled["steps"], stalled["stopped"], stalled["goal_met"]) == (3, "stalled", False)
     assert stalled["final"]["shortfall"] > 900
+    assert [r["step"] for r in stalled["history"]] == [0, 1, 2] and stalled["history"][-1] == stalled["final"]
+    assert stalled["history"][1]["delta_norm"] > stalled["history"][0]["delta_norm"] == 0  # the value starts at zero
     direction = torch.randn(tiny.cfg.d_mlp, generator=torch.Generator().manual_seed(1)) / tiny.cfg.d_mlp
     _, waits = compute_value(tiny, FACT, 1, settings=replace(settings, stall_past_reach=True), direction=direction)
     assert (waits["steps"], waits["stopped"]) == (10, "steps")  # the reached prompts never meet the goal

@@ -222,7 +222,9 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     the prompts to forget; ``output_scale`` caps it (:func:`output_scale` of the unedited model,
     for an edit that follows others: earlier edits can inflate this subject's MLP output, and a
     clamp relative to the inflated output lets each later edit grow).
-    Returns ``delta`` and an info dict (prompts used, steps taken, losses, probabilities).
+    Returns ``delta`` and an info dict (prompts used, steps taken, losses, probabilities); its
+    ``"history"`` holds each step's record (loss and its terms, the value's norm, the shortfalls of
+    :func:`_shortfalls`), so a stop can be read as it happened: what the last steps still bought.
     """
     s = settings or ValueSettings()
     answer = objective_target(fact, objective, new_target)
@@ -281,7 +283,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
                 done, seq = _goal_in_float32(model, prob, products, edit, objective, s)
     info = {
         "objective": objective, "answer": answer, "rewrite_prompts": prompts,
-        "steps": len(history), "goal_met": done, "final": history[-1],
+        "steps": len(history), "goal_met": done, "final": history[-1], "history": history,
         "stopped": "goal" if done else "steps" if len(history) == s.steps else "stalled",
         "exact": direction is not None,
         "partial_forward": prob.runner is not None, "low_precision": bf16,
