@@ -24,10 +24,10 @@ sees what the edit will really do: paraphrases whose subject key is only partly 
 KL term on the tokens before the subject (ordinary text) penalises a direction that fires there.
 Optimisation stops early once every prompt meets the goal (forget: the target's sequence
 probability fell by ``margin`` nats and it is no longer ranked first), or, with ``patience``, once
-its steps stop closing in on that goal. Prompts the edit's
-direction barely reaches (``k . u`` far below the other prompts': in practice a subject that
-opens the text) are named in the info and the log, since they will probably keep the answer;
-``min_reach`` leaves them out of the losses and the goal.
+its steps stop closing in on that goal; each step's record is kept in the info (``"history"``).
+Prompts the edit's direction barely reaches (``k . u`` far below the other prompts': in practice
+a subject that opens the text) are named in the info and the log, since they will probably keep
+the answer; ``min_reach`` leaves them out of the losses and the goal.
 
 Each step runs only what ``delta`` can change: blocks ``layer..`` from the cached residual stream
 entering block ``layer`` (:class:`excise.runner.Runner`), and the unembedding only at the positions
