@@ -511,3 +511,33 @@ def test_the_value_optimisation_stops_once_the_prompts_stop_closing_in_on_the_go
     assert (capped["steps"], capped["stopped"]) == (4, "steps")
     _, met = compute_value(tiny, FACT, 1, settings=replace(settings, margin=0.0, steps=10, patience=0))
     assert met["stopped"] == ("goal" if met["goal_met"] else "steps")
+
+
+def test_same_answer_probes_of_other_subjects_are_kept_whole(tiny, monkeypatch):
+    """``ValueSettings(same_answer=N)`` adds prompts about other subjects (found by
+    :mod:`excise.edit.answer_probes`; here given) to the value's batch and keeps their whole answer
+    distributions where the exact rank-one edit reaches them: at zero value the term is zero, and
+    its weight holds them closer to the unedited model's than without it."""
+    from dataclasses import replace
+
+    from excise.edit import value as value_module
+
+    others = [("The capital of {} is", "Germany"), ("{} is a", "Italy")]
+    monkeypatch.setattr(value_module, "answer_probes", lambda model, fact, limit: others[:limit])
+    settings = ValueSettings(n_prefixes=2, steps=10, subject_probes=False, low_precision=False,
+                             margin=1000.0, same_answer=2, same_answer_weight=0.0)
+    # steps small against the value's clamp (twice the MLP's output), so the keep term can steer
+    settings = replace(settings, lr=0.07 * value_module.output_scale(tiny, FACT, 1, settings=settings))
+    direction = torch.randn(tiny.cfg.d_mlp, generator=torch.Generator().manual_seed(1))  # fires on every token
+    _, free = value_module.compute_value(tiny, FACT, 1, settings=settings, direction=direction)
+    # a tiny random model's answers barely move, so its keep term needs a large weight against the hinge
+    _, held = value_module.compute_value(tiny, FACT, 1, settings=replace(settings, same_answer_weight=1e6),
+                                         direction=direction)
+    assert free["same_answer_prompts"] == held["same_answer_prompts"] == ["The capital of Germany is", "Italy is a"]
+    assert free["history"][0]["same_answer_kl"] == pytest.approx(0.0, abs=1e-6)  # the value starts at zero
+    assert free["final"]["same_answer_kl"] > 0
+    assert held["final"]["same_answer_kl"] < 0.5 * free["final"]["same_answer_kl"]
+    _, none = value_module.compute_value(tiny, FACT, 1, settings=replace(settings, same_answer=0), direction=direction)
+    _, at_subject = value_module.compute_value(tiny, FACT, 1, settings=settings)  # cannot reach other subjects
+    for info in (none, at_subject):
+        assert info["same_answer_prompts"] == [] and info["final"]["same_answer_kl"] == 0.0

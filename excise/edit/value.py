@@ -49,6 +49,7 @@ import torch
 
 from excise.components import frozen, mlp_out_module
 from excise.criteria import TRAINING_MARGIN, dethroned_and_fell
+from excise.edit.answer_probes import answer_probes
 from excise.edit.keys import subject_batch
 from excise.edit.prompts import fact_templates
 from excise.edit.subject_probes import subject_probes
@@ -96,6 +97,11 @@ class ValueSettings:
     short of the goal. ``stall_past_reach``: with ``direction=``, count a stall only once every
     prompt the direction reaches (``k . u`` at :data:`LOW_REACH` of the best or more) meets the
     goal, so that only the barely reached ones are left short of it.
+    ``same_answer``: ask the unedited model up to this many prompts about *other* subjects that
+    it answers with the fact's target (:mod:`excise.edit.answer_probes`), and keep their whole
+    answer distributions, target included (a KL term, weight ``same_answer_weight``), so the value
+    does not take the answer from them; 0 asks none. Only with ``direction=`` (the exact rank-one
+    simulation): a value added at this subject's token alone cannot reach them.
     ``min_reach``: with ``direction=`` (the exact rank-one simulation), a prompt to forget whose
     subject key the edit reaches with ``k . u`` below this share of the best-reached prompt's
     ``k . u`` is left out of the losses and of the goal (see :func:`reached`); 0 keeps them all
@@ -119,6 +125,8 @@ class ValueSettings:
     patience: int = 0
     min_progress: float = 0.05
     stall_past_reach: bool = False
+    same_answer: int = 0
+    same_answer_weight: float = 1.0
 
 
 def objective_target(fact, objective: str, new_target: str | None) -> str:
@@ -203,6 +211,8 @@ class _Problem:
     base_norm: float
     exact_seq0: torch.Tensor | None = None  # [n_rewrite] seq0 from float32 products (seq0 may be rebased)
     reachable: torch.Tensor | None = None  # [n_rewrite] bool: k . u at LOW_REACH of the best or more
+    n_others: int = 0  # rows at the batch's end about other subjects with the same answer
+    others_q: torch.Tensor | None = None  # [n_others, d_vocab] what they should predict (target included)
 
 
 def compute_value(model, fact, layer: int, objective: str = "forget", new_target: str | None = None,
@@ -229,9 +239,11 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     s = settings or ValueSettings()
     answer = objective_target(fact, objective, new_target)
     templates, essence, found = _templates(model, fact, s)
+    # without a direction the value is added at this subject only, and cannot reach other subjects
+    others = answer_probes(model, fact, s.same_answer) if s.same_answer and direction is not None else []
     module = mlp_out_module(model, layer)
     with frozen(model):
-        prob = _prepare(model, layer, fact, templates, answer, objective, essence)
+        prob = _prepare(model, layer, fact, templates, answer, objective, essence, others)
         if output_scale is not None and output_scale < prob.base_norm:
             prob.base_norm = float(output_scale)
         prompts = [t.format(fact.subject) for t in templates]
@@ -291,6 +303,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
         "target_logprob_before": prob.exact_seq0.tolist(), "target_logprob_after": seq.detach().tolist(),
         "mlp_output_norm": prob.base_norm, "delta_norm": float(delta.detach().norm()),
         "kept_prompts": [t.format(fact.subject) for t in essence],
+        "same_answer_prompts": [t.format(subject) for t, subject in others],
         "reach": None if reach is None else [round(float(r), 4) for r in reach],
         "low_reach_prompts": [p for p, _, _ in low],
         "left_out_prompts": [p for p, aimed in zip(prompts, prob.aimed.tolist()) if not aimed],
@@ -375,12 +388,15 @@ def _edited(module, delta: torch.Tensor, positions: torch.Tensor, direction: tor
 
 
 @torch.no_grad()
-def _prepare(model, layer: int, fact, templates, answer, objective, essence_templates) -> _Problem:
+def _prepare(model, layer: int, fact, templates, answer, objective, essence_templates, others=()) -> _Problem:
+    """The batch (prompts to forget, essence prompts, then ``others``: ``(template, subject)``
+    pairs about other subjects whose answers are kept whole) and the unedited model's references."""
     n_rewrite = len(templates)
     essence = list(essence_templates)
-    all_templates = templates + essence
-    batch, positions = subject_batch(model, all_templates, [fact.subject] * len(all_templates),
-                                     [answer] * n_rewrite + [fact.target] * len(essence))
+    all_templates = templates + essence + [t for t, _ in others]
+    subjects = [fact.subject] * (n_rewrite + len(essence)) + [subject for _, subject in others]
+    batch, positions = subject_batch(model, all_templates, subjects,
+                                     [answer] * n_rewrite + [fact.target] * (len(essence) + len(others)))
     entering = act_name("resid", layer)
     # one forward: logits, the MLP's output, and the block inputs a partial forward starts from
     with trace({"mlp_out": mlp_out_module(model, layer)}, inputs=True, outputs=True) as seen:
@@ -396,7 +412,8 @@ def _prepare(model, layer: int, fact, templates, answer, objective, essence_temp
     resid = runner.cache[entering]
     first = batch.first_target_ids[:n_rewrite]
     prob = _Problem(batch, positions, n_rewrite, reads, runner, layer, resid, full, None, None, first, keys,
-                    torch.ones(n_rewrite, dtype=torch.bool, device=first.device), None, None, None, base_norm)
+                    torch.ones(n_rewrite, dtype=torch.bool, device=first.device), None, None, None, base_norm,
+                    n_others=len(others))
     _set_references(prob, full, objective)
     prob.exact_seq0 = prob.seq0
     return prob
@@ -412,7 +429,10 @@ def _set_references(prob: _Problem, logits: torch.Tensor, objective: str) -> Non
     prob.lp0, prob.seq0 = lp0, seq0[:n]
     prob.forget_q = _without_targets(lp0[:n], first_ids[:n])
     # forgetting: the essence prompts keep their distribution, minus the forgotten target itself
-    prob.essence_q = _without_targets(lp0[n:], first_ids[n:]) if objective == "forget" else lp0[n:].exp()
+    end = len(first_ids) - prob.n_others  # the essence rows are n..end
+    prob.essence_q = (_without_targets(lp0[n:end], first_ids[n:end]) if objective == "forget"
+                      else lp0[n:end].exp())
+    prob.others_q = lp0[end:].exp()  # other subjects keep their answer, the target included
 
 
 def _partial_logits(runner: Runner, layer: int, resid: torch.Tensor, reads: _Reads) -> torch.Tensor:
@@ -518,12 +538,15 @@ def _loss(logprobs, prob: _Problem, objective: str, s: ValueSettings, delta, wit
     else:
         main = _replace_loss(prob, seq)
     done = _goal_met(prob, lp, seq, prob.seq0, objective, s)
-    essence = _kl(prob.essence_q, lp[n:])
+    end = len(lp) - prob.n_others
+    essence = _kl(prob.essence_q, lp[n:end])
+    others = _kl(prob.others_q, lp[end:]) if prob.n_others else torch.zeros((), device=lp.device)
     text = (_kl(prob.text_lp0.exp(), text_lp, prob.reads.text_weight) if with_text
             else torch.zeros((), device=lp.device))
     decay = s.weight_decay * delta.norm() ** 2 / prob.base_norm ** 2
-    loss = main + s.kl_weight * essence + s.text_kl_weight * text + decay
+    loss = main + s.kl_weight * essence + s.same_answer_weight * others + s.text_kl_weight * text + decay
     record = {"loss": float(loss.detach()), "main": float(main.detach()), "essence_kl": float(essence.detach()),
+              "same_answer_kl": float(others.detach()),
               "text_kl": float(text.detach()), "delta_norm": float(delta.detach().norm()),
               **_shortfalls(prob, lp.detach(), seq.detach(), objective, s)}
     return loss, done, seq, record
