@@ -200,3 +200,34 @@ def test_default_rome_keeps_the_subjects_other_facts_without_being_told(real_mod
     assert total >= 3 and hits == total
     hits, total = c.tally("held_out_paraphrases")
     assert hits >= total - 1, c.rows()  # "France's capital is" opens with the subject (see value.py)
+
+
+def test_answer_probes_find_other_subjects_with_the_answer_and_leave_the_probes_out(real_model):
+    """The editor's own same-answer probes (:mod:`excise.edit.answer_probes`): every prompt found is
+    about another subject and the unedited model answers the fact's target there; subjects that
+    the fact's own probes name are left out (they stay held out for verification), and found once
+    the user lists no probes."""
+    from dataclasses import replace
+
+    from excise.edit.answer_probes import answer_probes
+    from excise.facts import find_fact, load_facts
+    from excise.scoring import build_batch, first_answer_logprobs
+    from excise.tokens import encode_target
+
+    model = real_model
+    macbeth = find_fact(load_facts("all"), "author-macbeth")
+    named = " ".join(p.prompt for p in (*macbeth.neighbors, *macbeth.same_subject, *macbeth.same_answer))
+    assert "Hamlet" in named  # another Shakespeare play among its same-answer probes
+    found = answer_probes(model, macbeth, 16)
+    assert all(subject not in named and subject != macbeth.subject for _, subject in found), found
+    told = replace(macbeth, neighbors=(), same_subject=(), same_answer=())
+    found_told = answer_probes(model, told, 16)
+    assert any(subject == "Hamlet" for _, subject in found_told), found_told
+
+    germany = find_fact(load_facts("all"), "continent-germany")
+    found = answer_probes(model, germany, 8)
+    assert len(found) == 8 and all(t == germany.prompt for t, _ in found)  # other countries' continent
+    prompts = [t.format(subject) for t, subject in found]
+    batch = build_batch(model, prompts, [germany.target] * len(prompts))
+    top = first_answer_logprobs(model, batch).argmax(-1)
+    assert (top == encode_target(model, germany.target)[0]).all(), prompts
