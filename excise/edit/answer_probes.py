@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 
 import torch
 
-from excise.edit.keys import BLANK_TARGET, subject_batch
+from excise.edit.keys import BLANK_TARGET, bundled_facts, probe_text, subject_batch
 from excise.edit.other_subjects import OTHER_SUBJECTS, RELATION_KINDS
 from excise.scoring import first_answer_logprobs
 from excise.tokens import encode_target
@@ -32,10 +32,8 @@ CHUNK = 64
 @functools.cache
 def _relation_templates() -> dict[str, tuple[str, dict[str, str]]]:
     """Each bundled relation's most common prompt and its facts' answers by subject."""
-    from excise.facts import load_facts
-
     facts = defaultdict(list)
-    for fact in load_facts("all"):
+    for fact in bundled_facts():
         facts[fact.relation].append(fact)
     return {relation: (Counter(f.prompt for f in group).most_common(1)[0][0],
                        {f.subject: f.target.strip() for f in group})
@@ -45,7 +43,7 @@ def _relation_templates() -> dict[str, tuple[str, dict[str, str]]]:
 def candidates(fact) -> list[tuple[str, str]]:
     """``(template, subject)`` pairs to ask: the relations where another bundled fact has the
     fact's answer, each with its subjects and the other subjects of its kind."""
-    named = " ".join(p.prompt for p in (*fact.neighbors, *fact.same_subject, *fact.same_answer))
+    named = probe_text(fact)
     answer = fact.target.strip()
     pairs = []
     for relation, (template, answers) in _relation_templates().items():

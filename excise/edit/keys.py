@@ -90,10 +90,8 @@ def contrast_subjects(fact, limit: int = CONTRAST_SUBJECTS, avoid=()) -> list[st
     Subjects named in ``fact``'s own neighbour, same-subject or same-answer prompts (or in the facts ``avoid``
     and their probes) are left out, so those probes stay held out when an edit is verified.
     """
-    probes = " ".join(p.prompt for f in (fact, *avoid)
-                      for p in (*f.neighbors, *f.same_subject, *f.same_answer))
-    probes += " " + " ".join(f.subject for f in avoid)
-    bundled = sorted(_bundled_facts(), key=lambda f: f.relation != fact.relation)
+    probes = probe_text(fact, avoid)
+    bundled = sorted(bundled_facts(), key=lambda f: f.relation != fact.relation)
     pool = [*(f.subject for f in bundled), *other_subjects(fact.relation)]
     chosen: list[str] = []
     for subject in pool:
@@ -105,8 +103,17 @@ def contrast_subjects(fact, limit: int = CONTRAST_SUBJECTS, avoid=()) -> list[st
     return chosen
 
 
+def probe_text(fact, avoid=()) -> str:
+    """The prompts of ``fact``'s (and ``avoid``'s) neighbour, same-subject and same-answer probes,
+    and ``avoid``'s subjects, joined: a subject named there is left out of the editor's own
+    contrast keys and probes of other subjects, so that verification's probes stay held out."""
+    probes = " ".join(p.prompt for f in (fact, *avoid) for p in (*f.neighbors, *f.same_subject, *f.same_answer))
+    return probes + " " + " ".join(f.subject for f in avoid)
+
+
 @functools.cache
-def _bundled_facts() -> tuple:
+def bundled_facts() -> tuple:
+    """Every bundled fact (loaded once)."""
     from excise.facts import load_facts
 
     return tuple(load_facts("all"))
