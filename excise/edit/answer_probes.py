@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 
 import torch
 
-from excise.edit.keys import BLANK_TARGET, bundled_facts, probe_text, subject_batch
+from excise.edit.keys import BLANK_TARGET, bundled_facts, probe_text, stands_apart, subject_batch
 from excise.edit.other_subjects import OTHER_SUBJECTS, RELATION_KINDS
 from excise.scoring import first_answer_logprobs
 from excise.tokens import encode_target
@@ -51,9 +51,8 @@ def candidates(fact) -> list[tuple[str, str]]:
             continue
         pool = (*answers, *OTHER_SUBJECTS.get(RELATION_KINDS.get(relation), ()))
         for subject in dict.fromkeys(pool):
-            if subject in named or fact.subject in subject or subject in fact.subject:
-                continue
-            pairs.append((template, subject))
+            if stands_apart(subject, fact, named):
+                pairs.append((template, subject))
     return pairs
 
 

@@ -97,8 +97,7 @@ def contrast_subjects(fact, limit: int = CONTRAST_SUBJECTS, avoid=()) -> list[st
     for subject in pool:
         if len(chosen) >= limit:
             break
-        if subject != fact.subject and subject not in chosen and subject not in probes \
-                and fact.subject not in subject and subject not in fact.subject:
+        if subject not in chosen and stands_apart(subject, fact, probes):
             chosen.append(subject)
     return chosen
 
@@ -109,6 +108,12 @@ def probe_text(fact, avoid=()) -> str:
     contrast keys and probes of other subjects, so that verification's probes stay held out."""
     probes = " ".join(p.prompt for f in (fact, *avoid) for p in (*f.neighbors, *f.same_subject, *f.same_answer))
     return probes + " " + " ".join(f.subject for f in avoid)
+
+
+def stands_apart(subject: str, fact, probes: str) -> bool:
+    """Whether ``subject`` may stand in as *another* subject for ``fact``: neither part of the
+    fact's subject nor containing it, and not named in ``probes`` (:func:`probe_text`)."""
+    return subject not in probes and fact.subject not in subject and subject not in fact.subject
 
 
 @functools.cache
