@@ -146,6 +146,26 @@ def contrast_keys(model, layer: int, fact, limit: int, avoid=()) -> tuple[torch.
     return mlp_keys(model, layer, batch.tokens, positions), subjects
 
 
+def nearest_contrast_keys(model, layer: int, fact, limit: int, direction: torch.Tensor,
+                          avoid=()) -> tuple[torch.Tensor, list[str]]:
+    """Keys ``[n, d_mlp]`` of the ``limit`` other subjects that an edit along ``direction``
+    ``[d_mlp]`` would reach most (largest ``|k_o . u|`` in ``fact``'s prompt), and the subjects.
+
+    The candidates are every subject :func:`contrast_subjects` may use, of any kind, so the
+    protected keys are those of the subjects nearest the fact's own (another play by the same
+    author, a neighbouring country's currency) rather than the first of the relation's kind.
+    """
+    pool = contrast_subjects(fact, limit=len(bundled_facts()) + len(other_subjects(fact.relation)),
+                             avoid=avoid)
+    if not pool or limit <= 0:
+        return torch.zeros(0, model.cfg.d_mlp), []
+    batch, positions = subject_batch(model, [fact.prompt] * len(pool), pool, [BLANK_TARGET] * len(pool))
+    keys = mlp_keys_batched(model, layer, batch, positions, size=64)  # [pool, d_mlp]
+    reach = (keys.float() @ direction.to(keys.device, torch.float32)).abs()  # [pool]
+    top = reach.topk(min(limit, len(pool))).indices.tolist()
+    return keys[top], [pool[i] for i in top]
+
+
 def with_contrast(second_moment: torch.Tensor, others: torch.Tensor, weight: float) -> torch.Tensor:
     """``C + weight * mean(k_o k_o^T)``: the key statistics with other subjects' keys ``others``
     ``[n, d_mlp]`` counted as if they were ``weight`` times the whole text sample."""

@@ -42,6 +42,7 @@ from excise.edit.keys import (
     CONTRAST_WEIGHT,
     balanced_key,
     contrast_keys,
+    nearest_contrast_keys,
     with_contrast,
 )
 from excise.edit.prompts import rewriting_prompts
@@ -60,13 +61,16 @@ class RomeSettings:
     ``ridge``: Tikhonov term added to ``C`` (times its mean diagonal) before solving;
     ``max_update_ratio``: refuse updates with ``||dW|| > max_update_ratio * ||W||``;
     ``contrast``, ``contrast_weight``: how many other subjects' keys to protect and their weight in
-    the key statistics (``contrast=0`` is plain ROME).
+    the key statistics (``contrast=0`` is plain ROME);
+    ``contrast_nearest``: protect the other subjects the plain rank-one direction reaches most
+    (:func:`~excise.edit.keys.nearest_contrast_keys`) instead of the first of the fact's kind.
     """
 
     ridge: float = 1e-2
     max_update_ratio: float = 1.0
     contrast: int = CONTRAST_SUBJECTS
     contrast_weight: float = CONTRAST_WEIGHT
+    contrast_nearest: bool = False
 
 
 LOOKUP_DEPTH = 0.14
@@ -82,7 +86,7 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
          corpus: str | None = None, sample: SampleSpec | None = None, ridge: float = 1e-2,
          max_update_ratio: float = 1.0,
          contrast: int = CONTRAST_SUBJECTS,
-         contrast_weight: float = CONTRAST_WEIGHT, contrast_avoid=(),
+         contrast_weight: float = CONTRAST_WEIGHT, contrast_nearest: bool = False, contrast_avoid=(),
          settings: ValueSettings | None = None, output_scale: float | None = None,
          progress: bool = True) -> Edit:
     """Forget (or replace) ``fact`` with a rank-one update of one MLP; applies it and returns the Edit.
@@ -95,7 +99,7 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
         corpus: a text file for the key statistics (default: text the model generates).
         sample: the whole :class:`~excise.edit.stats.SampleSpec` of the key statistics instead
             (how many sequences of how many tokens; its own ``corpus``).
-        ridge, max_update_ratio, contrast, contrast_weight: see :class:`RomeSettings`.
+        ridge, max_update_ratio, contrast, contrast_weight, contrast_nearest: see :class:`RomeSettings`.
         contrast_avoid: other facts whose subjects and probes the contrast keys must not use
             (the rest of a sequence of edits, so that their probes stay held out).
         settings: the value optimisation's :class:`ValueSettings`.
@@ -106,7 +110,7 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
         raise ValueError("rome() edits one fact; use excise.edit.memit(model, facts) for several")
     from excise.model import weights_hash
 
-    chosen = RomeSettings(ridge, max_update_ratio, contrast, contrast_weight)
+    chosen = RomeSettings(ridge, max_update_ratio, contrast, contrast_weight, contrast_nearest)
     objective_target(fact, objective, new_target)
     subject_positions(model, fact.prompt, fact.subject, warn=True)
     base_hash = weights_hash(model)
@@ -117,7 +121,11 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
     stats = key_stats(model, [layer], sample, progress, base_hash)[layer]
     templates = rewriting_prompts(model, fact.prompt, settings.n_prefixes)
     key = balanced_key(model, layer, templates, fact.subject)
-    others, subjects = contrast_keys(model, layer, fact, chosen.contrast, contrast_avoid)
+    if chosen.contrast_nearest:
+        plain = rank_one_direction(layer, key, stats.second_moment, chosen.ridge)[0]
+        others, subjects = nearest_contrast_keys(model, layer, fact, chosen.contrast, plain, contrast_avoid)
+    else:
+        others, subjects = contrast_keys(model, layer, fact, chosen.contrast, contrast_avoid)
     u, denominator, second_moment, weight = protected_direction(
         layer, key, stats.second_moment, others, chosen.contrast_weight, chosen.ridge)
     info["contrast"] = {"subjects": subjects, "weight": weight, "template": fact.prompt}
