@@ -380,6 +380,31 @@ def test_contrast_subjects_stay_plentiful_and_held_out_when_many_facts_are_edite
     assert len([s for s in many if s not in bundled]) > 64  # the bundled pool alone runs short
 
 
+def test_nearest_contrast_keys_are_the_other_subjects_the_direction_reaches_most(tiny):
+    """``contrast_nearest`` protects, of every subject the contrast keys may use (of any kind, the
+    probes' subjects still left out), those with the largest ``|k . u|`` along the plain direction."""
+    from excise.edit.keys import contrast_subjects, nearest_contrast_keys, probe_text, subject_key
+    from excise.facts import find_fact, load_facts
+
+    fact = find_fact(load_facts("all"), "currency-france")
+    direction = torch.randn(tiny.cfg.d_mlp, generator=torch.Generator().manual_seed(0))
+    keys, chosen = nearest_contrast_keys(tiny, 1, fact, 8, direction)
+    pool = contrast_subjects(fact, 10_000)
+    assert len(chosen) == len(set(chosen)) == 8 and set(chosen) <= set(pool)
+    assert not [s for s in chosen if s in probe_text(fact)]  # verification's probes stay held out
+    others = [s for s in pool[:40] if s not in chosen]
+
+    def reach(subjects):
+        return torch.stack([subject_key(tiny, 1, [fact.prompt], s) for s in subjects]) @ direction
+
+    assert torch.allclose(keys @ direction, reach(chosen), atol=1e-4, rtol=1e-4)
+    assert reach(chosen).abs().min() >= reach(others).abs().max() - 1e-5
+    edit = rome(tiny, FACT, layer=1, settings=FAST, contrast_nearest=8, progress=False)
+    subjects = edit.info["contrast"]["subjects"]
+    assert edit.settings["contrast_nearest"] == 8 and len(subjects) == len(set(subjects)) == 32
+    edit.undo(tiny)
+
+
 @pytest.mark.parametrize("family", ["Gemma 2", "Phi-3"])
 def test_value_optimisation_from_the_edited_block_equals_full_forwards_on_other_families(family, tmp_path):
     """Families whose blocks take other arguments (Phi-3) or whose logits are soft-capped

@@ -147,16 +147,17 @@ def contrast_keys(model, layer: int, fact, limit: int, avoid=()) -> tuple[torch.
 
 
 def nearest_contrast_keys(model, layer: int, fact, limit: int, direction: torch.Tensor,
-                          avoid=()) -> tuple[torch.Tensor, list[str]]:
+                          avoid=(), skip=()) -> tuple[torch.Tensor, list[str]]:
     """Keys ``[n, d_mlp]`` of the ``limit`` other subjects that an edit along ``direction``
     ``[d_mlp]`` would reach most (largest ``|k_o . u|`` in ``fact``'s prompt), and the subjects.
 
     The candidates are every subject :func:`contrast_subjects` may use, of any kind, so the
     protected keys are those of the subjects nearest the fact's own (another play by the same
     author, a neighbouring country's currency) rather than the first of the relation's kind.
+    Subjects in ``skip`` (already protected) are not candidates.
     """
-    pool = contrast_subjects(fact, limit=len(bundled_facts()) + len(other_subjects(fact.relation)),
-                             avoid=avoid)
+    pool = [s for s in contrast_subjects(fact, limit=len(bundled_facts()) + len(other_subjects(fact.relation)),
+                                         avoid=avoid) if s not in skip]
     if not pool or limit <= 0:
         return torch.zeros(0, model.cfg.d_mlp), []
     batch, positions = subject_batch(model, [fact.prompt] * len(pool), pool, [BLANK_TARGET] * len(pool))

@@ -62,15 +62,16 @@ class RomeSettings:
     ``max_update_ratio``: refuse updates with ``||dW|| > max_update_ratio * ||W||``;
     ``contrast``, ``contrast_weight``: how many other subjects' keys to protect and their weight in
     the key statistics (``contrast=0`` is plain ROME);
-    ``contrast_nearest``: protect the other subjects the plain rank-one direction reaches most
-    (:func:`~excise.edit.keys.nearest_contrast_keys`) instead of the first of the fact's kind.
+    ``contrast_nearest``: how many of those ``contrast`` subjects are the ones the plain rank-one
+    direction reaches most (:func:`~excise.edit.keys.nearest_contrast_keys`) rather than the first
+    of the fact's kind.
     """
 
     ridge: float = 1e-2
     max_update_ratio: float = 1.0
     contrast: int = CONTRAST_SUBJECTS
     contrast_weight: float = CONTRAST_WEIGHT
-    contrast_nearest: bool = False
+    contrast_nearest: int = 0
 
 
 LOOKUP_DEPTH = 0.14
@@ -86,7 +87,7 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
          corpus: str | None = None, sample: SampleSpec | None = None, ridge: float = 1e-2,
          max_update_ratio: float = 1.0,
          contrast: int = CONTRAST_SUBJECTS,
-         contrast_weight: float = CONTRAST_WEIGHT, contrast_nearest: bool = False, contrast_avoid=(),
+         contrast_weight: float = CONTRAST_WEIGHT, contrast_nearest: int = 0, contrast_avoid=(),
          settings: ValueSettings | None = None, output_scale: float | None = None,
          progress: bool = True) -> Edit:
     """Forget (or replace) ``fact`` with a rank-one update of one MLP; applies it and returns the Edit.
@@ -121,11 +122,13 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
     stats = key_stats(model, [layer], sample, progress, base_hash)[layer]
     templates = rewriting_prompts(model, fact.prompt, settings.n_prefixes)
     key = balanced_key(model, layer, templates, fact.subject)
-    if chosen.contrast_nearest:
+    nearest = min(chosen.contrast_nearest, chosen.contrast)
+    others, subjects = contrast_keys(model, layer, fact, chosen.contrast - nearest, contrast_avoid)
+    if nearest:
         plain = rank_one_direction(layer, key, stats.second_moment, chosen.ridge)[0]
-        others, subjects = nearest_contrast_keys(model, layer, fact, chosen.contrast, plain, contrast_avoid)
-    else:
-        others, subjects = contrast_keys(model, layer, fact, chosen.contrast, contrast_avoid)
+        near, near_subjects = nearest_contrast_keys(model, layer, fact, nearest, plain, contrast_avoid,
+                                                    skip=subjects)
+        others, subjects = torch.cat([others.to(near), near]), subjects + near_subjects
     u, denominator, second_moment, weight = protected_direction(
         layer, key, stats.second_moment, others, chosen.contrast_weight, chosen.ridge)
     info["contrast"] = {"subjects": subjects, "weight": weight, "template": fact.prompt}
