@@ -403,6 +403,8 @@ def test_nearest_contrast_keys_are_the_other_subjects_the_direction_reaches_most
     subjects = edit.info["contrast"]["subjects"]
     assert edit.settings["contrast_nearest"] == 8 and len(subjects) == len(set(subjects)) == 32
     edit.undo(tiny)
+    with pytest.raises(ValueError, match="contrast_nearest=40"):
+        rome(tiny, FACT, layer=1, settings=FAST, contrast_nearest=40, progress=False)
 
 
 @pytest.mark.parametrize("family", ["Gemma 2", "Phi-3"])

@@ -62,8 +62,8 @@ class RomeSettings:
     ``max_update_ratio``: refuse updates with ``||dW|| > max_update_ratio * ||W||``;
     ``contrast``, ``contrast_weight``: how many other subjects' keys to protect and their weight in
     the key statistics (``contrast=0`` is plain ROME);
-    ``contrast_nearest``: how many of those ``contrast`` subjects are the ones the plain rank-one
-    direction reaches most (:func:`~excise.edit.keys.nearest_contrast_keys`) rather than the first
+    ``contrast_nearest``: how many of those ``contrast`` subjects (0 to ``contrast``) are the ones
+    the plain rank-one direction reaches most (:func:`~excise.edit.keys.nearest_contrast_keys`) rather than the first
     of the fact's kind.
     """
 
@@ -111,6 +111,9 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
         raise ValueError("rome() edits one fact; use excise.edit.memit(model, facts) for several")
     from excise.model import weights_hash
 
+    if not 0 <= contrast_nearest <= contrast:
+        raise ValueError(f"contrast_nearest={contrast_nearest}: it counts some of the contrast={contrast} "
+                         "subjects, so give a number from 0 to contrast")
     chosen = RomeSettings(ridge, max_update_ratio, contrast, contrast_weight, contrast_nearest)
     objective_target(fact, objective, new_target)
     subject_positions(model, fact.prompt, fact.subject, warn=True)
@@ -122,7 +125,7 @@ def rome(model, fact, layer=None, objective: str = "forget", new_target: str | N
     stats = key_stats(model, [layer], sample, progress, base_hash)[layer]
     templates = rewriting_prompts(model, fact.prompt, settings.n_prefixes)
     key = balanced_key(model, layer, templates, fact.subject)
-    nearest = min(chosen.contrast_nearest, chosen.contrast)
+    nearest = chosen.contrast_nearest
     others, subjects = contrast_keys(model, layer, fact, chosen.contrast - nearest, contrast_avoid)
     if nearest:
         plain = rank_one_direction(layer, key, stats.second_moment, chosen.ridge)[0]
