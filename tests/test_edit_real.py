@@ -161,6 +161,47 @@ def test_contrast_keys_keep_the_rank_one_direction_off_other_subjects(real_model
     assert reach["contrast"] < 0.5 * reach["plain"], reach
 
 
+def test_nearest_contrast_keys_keep_the_direction_off_subjects_that_share_the_answer(real_model):
+    """Protecting the other subjects the plain direction reaches most (``contrast_nearest``) cuts
+    how strongly an edit of Spain's language fires on the Spanish-speaking countries of its
+    same-answer probes, which the contrast keys never use, against the default's subjects of the
+    fact's kind; the edit still fires fully on Spain."""
+    import torch
+
+    from excise.edit.keys import (
+        balanced_key,
+        contrast_keys,
+        nearest_contrast_keys,
+        probe_text,
+        subject_key,
+    )
+    from excise.edit.prompts import rewriting_prompts
+    from excise.edit.rank_one import protected_direction, rank_one_direction
+    from excise.edit.stats import SampleSpec, key_stats
+    from excise.edit.value import ValueSettings
+    from excise.facts import find_fact, load_facts
+
+    model, layer = real_model, 4
+    facts = load_facts("all")
+    fact = find_fact(facts, "language-spain")
+    stats = key_stats(model, [layer], SampleSpec(), progress=False, base_hash=weights_hash(model))[layer]
+    key = balanced_key(model, layer, rewriting_prompts(model, fact.prompt, ValueSettings().n_prefixes), fact.subject)
+    plain, _ = rank_one_direction(layer, key, stats.second_moment)
+    near, chosen = nearest_contrast_keys(model, layer, fact, 32, plain)
+    assert not [s for s in chosen if s in probe_text(fact)]
+    shared = []  # [probes, d_mlp]: each same-answer probe's key at its subject
+    for probe in fact.same_answer:
+        subject = max((f.subject for f in facts if f.subject in probe.prompt), key=len)
+        shared.append(subject_key(model, layer, [probe.prompt.replace(subject, "{}", 1)], subject))
+    shared = torch.stack(shared)
+    reach = {}
+    for name, others in {"kind": contrast_keys(model, layer, fact, 32)[0], "nearest": near}.items():
+        u, _, _, weight = protected_direction(layer, key, stats.second_moment, others, 10.0)
+        assert weight == 10.0 and float(key @ u) == pytest.approx(1.0, rel=1e-3)
+        reach[name] = float((shared @ u).abs().mean())
+    assert reach["nearest"] < 0.7 * reach["kind"], reach
+
+
 def test_default_rome_keeps_the_subjects_other_facts_without_being_told(real_model):
     """A user lists the fact and its paraphrases, none of the subject's other facts; the editor's own
     probes of France find its other facts (kept, France's language weakened) and other wordings of
