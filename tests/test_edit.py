@@ -383,13 +383,13 @@ def test_contrast_subjects_stay_plentiful_and_held_out_when_many_facts_are_edite
 def test_nearest_contrast_keys_are_the_other_subjects_the_direction_reaches_most(tiny):
     """``contrast_nearest`` protects, of every subject the contrast keys may use (of any kind, the
     probes' subjects still left out), those with the largest ``|k . u|`` along the plain direction."""
-    from excise.edit.keys import contrast_subjects, nearest_contrast_keys, probe_text, subject_key
+    from excise.edit.keys import candidate_subjects, nearest_contrast_keys, probe_text, subject_key
     from excise.facts import find_fact, load_facts
 
     fact = find_fact(load_facts("all"), "currency-france")
     direction = torch.randn(tiny.cfg.d_mlp, generator=torch.Generator().manual_seed(0))
     keys, chosen = nearest_contrast_keys(tiny, 1, fact, 8, direction)
-    pool = contrast_subjects(fact, 10_000)
+    pool = candidate_subjects(fact)
     assert len(chosen) == len(set(chosen)) == 8 and set(chosen) <= set(pool)
     assert not [s for s in chosen if s in probe_text(fact)]  # verification's probes stay held out
     others = [s for s in pool[:40] if s not in chosen]

@@ -90,16 +90,15 @@ def contrast_subjects(fact, limit: int = CONTRAST_SUBJECTS, avoid=()) -> list[st
     Subjects named in ``fact``'s own neighbour, same-subject or same-answer prompts (or in the facts ``avoid``
     and their probes) are left out, so those probes stay held out when an edit is verified.
     """
+    return candidate_subjects(fact, avoid)[:limit]
+
+
+def candidate_subjects(fact, avoid=()) -> list[str]:
+    """Every other subject that :func:`contrast_subjects` may use, in its order, each once."""
     probes = probe_text(fact, avoid)
     bundled = sorted(bundled_facts(), key=lambda f: f.relation != fact.relation)
-    pool = [*(f.subject for f in bundled), *other_subjects(fact.relation)]
-    chosen: list[str] = []
-    for subject in pool:
-        if len(chosen) >= limit:
-            break
-        if subject not in chosen and stands_apart(subject, fact, probes):
-            chosen.append(subject)
-    return chosen
+    pool = dict.fromkeys([*(f.subject for f in bundled), *other_subjects(fact.relation)])
+    return [subject for subject in pool if stands_apart(subject, fact, probes)]
 
 
 def probe_text(fact, avoid=()) -> str:
@@ -151,13 +150,12 @@ def nearest_contrast_keys(model, layer: int, fact, limit: int, direction: torch.
     """Keys ``[n, d_mlp]`` of the ``limit`` other subjects that an edit along ``direction``
     ``[d_mlp]`` would reach most (largest ``|k_o . u|`` in ``fact``'s prompt), and the subjects.
 
-    The candidates are every subject :func:`contrast_subjects` may use, of any kind, so the
+    The candidates are :func:`candidate_subjects`, of any kind, so the
     protected keys are those of the subjects nearest the fact's own (another play by the same
     author, a neighbouring country's currency) rather than the first of the relation's kind.
     Subjects in ``skip`` (already protected) are not candidates.
     """
-    pool = [s for s in contrast_subjects(fact, limit=len(bundled_facts()) + len(other_subjects(fact.relation)),
-                                         avoid=avoid) if s not in skip]
+    pool = [s for s in candidate_subjects(fact, avoid) if s not in skip]
     if not pool or limit <= 0:
         return torch.zeros(0, model.cfg.d_mlp), []
     batch, positions = subject_batch(model, [fact.prompt] * len(pool), pool, [BLANK_TARGET] * len(pool))
