@@ -7,7 +7,8 @@ For every editor (``rome``: the default rank-one edit at the lookup layer; ``mem
 fact; zero-ablation of the top-20 attributed neurons; gradient ascent on all weights; and, on
 request, ``rome-plain``: plain ROME, as ``bench/forget_quality.py`` defines it, and
 ``rome-previous`` / ``rome-previous(trace layer)``: the rank-one edit before issue 14 at layer 4 /
-at its MLP causal trace's peak) and every fact (known facts of one part of the fixed
+at its MLP causal trace's peak, and any tuned rank-one row ``rome[field=value;...]`` that
+``bench/forget_quality.py --methods`` takes) and every fact (known facts of one part of the fixed
 split, round-robin over the relations), the fact is edited, :func:`excise.verify.verify` runs the
 probes, and the edit is undone.
 
@@ -32,7 +33,12 @@ import os
 import time
 from collections import defaultdict
 
-from forget_quality import PLAIN, PREVIOUS  # bench/ is on the path when run as a script
+from forget_quality import (  # bench/ is on the path as a script
+    PLAIN,
+    PREVIOUS,
+    tuned_settings,
+    with_settings,
+)
 
 from excise.check import known_facts
 from excise.edit import ablate, finetune, memit, rome
@@ -56,6 +62,18 @@ EDITORS = {
         m, f, layer=causal_trace(m, f, site="mlp", samples=5, progress=False), settings=PREVIOUS, progress=False),
 }
 DEFAULT_EDITORS = "rome,memit,ablate-zero(top20 neurons),finetune-ga(all)"
+
+
+def editor_named(name: str):
+    """One of :data:`EDITORS`, or a tuned rank-one row ``rome[field=value;...]`` as
+    ``bench/forget_quality.py`` reads it (``rome[contrast_nearest=32]``). Raises ``ValueError``
+    with a one-line message for a name that is neither."""
+    if name.startswith("rome["):
+        settings, update = tuned_settings(name)
+        return with_settings(settings, **update)
+    if name not in EDITORS:
+        raise ValueError(f"unknown editor {name!r}; choose from {', '.join(EDITORS)} or rome[field=value;...]")
+    return EDITORS[name]
 
 
 def _budget_columns(o) -> dict[str, tuple[bool, bool]]:
@@ -89,7 +107,7 @@ def run(model, facts, args, budgets, after_editor=None) -> tuple[dict[str, list]
     rows, timings = defaultdict(list), defaultdict(lambda: defaultdict(float))
     probes = [p for p in args.probes.split(",") if p != "relearn_split"]
     for name in args.editors.split(","):
-        editor = EDITORS[name]
+        editor = editor_named(name)
         for fact in facts:
             start = time.perf_counter()
             edit = editor(model, fact)
@@ -122,7 +140,7 @@ def run_split(model, facts, args, budgets) -> dict[str, list]:
             edits = []
             try:
                 for fact in group:
-                    edits.append(EDITORS[name](model, fact))
+                    edits.append(editor_named(name)(model, fact))
                 report = verify(model, group, probes=["relearn_split"], fluency_tokens=0,
                                 perplexity=False, progress=False, budgets=budgets)
             finally:
@@ -212,7 +230,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--limit", type=int, default=8, help="facts per editor")
     parser.add_argument("--split", default="tune", choices=("tune", "held_out"))
-    parser.add_argument("--editors", default=DEFAULT_EDITORS, help=f"comma-separated, of: {', '.join(EDITORS)}")
+    parser.add_argument("--editors", default=DEFAULT_EDITORS,
+                        help=f"comma-separated, of: {', '.join(EDITORS)}, rome[field=value;...]")
     parser.add_argument("--probes", default=",".join(p for p in PROBES if p != "relearn_split"),
                         help="comma-separated verify probes")
     parser.add_argument("--budget", action="append", default=[], metavar="NAME=VALUE",
@@ -225,9 +244,11 @@ def main() -> None:
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
         parser.error(f"--json {args.json}: its folder does not exist")
     logging.basicConfig(level=logging.WARNING)
-    unknown = set(args.editors.split(",")) - set(EDITORS)
-    if unknown:
-        parser.error(f"unknown editor(s) {sorted(unknown)}; choose from {', '.join(EDITORS)}")
+    for name in args.editors.split(","):
+        try:
+            editor_named(name)
+        except ValueError as error:
+            parser.error(f"--editors: {error}")
     budgets = parse_budgets(args)
     model = load_model(device="cpu")
     facts = known_facts(model, load_facts("all", split=args.split), args.limit)

@@ -208,6 +208,30 @@ def test_forget_quality_bench_runs_rome_with_settings_named_in_its_methods():
     assert "\n" not in str(raised.value)
 
 
+def test_robustness_bench_runs_the_tuned_rank_one_rows_of_the_forget_bench(monkeypatch):
+    """``bench/robustness.py --editors "rome,rome[contrast_nearest=32]"`` attacks a tuned row as
+    ``bench/forget_quality.py`` reads it; a name that is neither an editor nor a row is refused in
+    one line."""
+    import importlib.util
+    import sys
+
+    folder = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(folder))
+    spec = importlib.util.spec_from_file_location("robustness_bench", folder / "robustness.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.editor_named("rome") is bench.EDITORS["rome"]
+    tuned = bench.editor_named("rome[contrast_nearest=32]")
+    called = {}
+    monkeypatch.setattr(sys.modules["forget_quality"], "rome",
+                        lambda model, fact, **kwargs: called.update(kwargs) or "edit")
+    assert tuned("model", "fact") == "edit" and called["contrast_nearest"] == 32
+    for bad, says in (("rome-plane", "unknown editor 'rome-plane'"), ("rome[contrast_near=3]", "contrast_nearest")):
+        with pytest.raises(ValueError, match=says) as raised:
+            bench.editor_named(bad)
+        assert "\n" not in str(raised.value)
+
+
 @pytest.mark.parametrize("tiny", ["llama"], indirect=True)
 def test_forget_quality_bench_splits_the_held_out_wordings_by_where_the_subject_stands(tiny):
     """The held-out column, split: wordings that open with a one-token subject (a token of its
