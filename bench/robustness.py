@@ -136,11 +136,12 @@ def run_split(model, facts, args, budgets) -> dict[str, list]:
               for i in range(0, len(g) - args.split_groups + 1, args.split_groups)]
     rows = defaultdict(list)
     for name in args.editors.split(","):
+        editor = editor_named(name)
         for group in groups:
             edits = []
             try:
                 for fact in group:
-                    edits.append(editor_named(name)(model, fact))
+                    edits.append(editor(model, fact))
                 report = verify(model, group, probes=["relearn_split"], fluency_tokens=0,
                                 perplexity=False, progress=False, budgets=budgets)
             finally:
