@@ -21,7 +21,9 @@ relearning: groups of N facts of one relation are edited one after another, and 
 attacked by fine-tuning on the other half. The time of each verification step is printed as a
 share of the whole. Lower recovery is more robust. ``--json PATH`` also writes the table's counts
 (per editor and column: recovered hits of total informative facts, and the rate) for
-``notebooks/04_aggregate.ipynb``, rewritten as each editor finishes.
+``notebooks/04_aggregate.ipynb``, rewritten as each editor finishes. ``--reasons`` prints, under
+each fact, every probe's reason: its readings before and after, and for the relearning attacks
+the probability at every budget and the made-up-subject control's.
 """
 
 from __future__ import annotations
@@ -122,6 +124,9 @@ def run(model, facts, args, budgets, after_editor=None) -> tuple[dict[str, list]
             rows[name].append(fr)
             print(f"  {name:28s} {fact.id:32s} {fr.verdict:14s} {time.perf_counter() - start:6.0f}s "
                   + " ".join(f"{o.probe}={o.status}" for o in fr.probes), flush=True)
+            if args.reasons:
+                for o in fr.probes:
+                    print(f"    {o.probe}: {o.reason}", flush=True)
         if after_editor is not None:
             after_editor(rows)
     return rows, timings
@@ -239,6 +244,8 @@ def main() -> None:
                         help="an attack budget (excise.verify.probes.base.Setup field), repeatable")
     parser.add_argument("--split-groups", type=int, default=0,
                         help="also run split relearning on groups of this many facts of a relation")
+    parser.add_argument("--reasons", action="store_true",
+                        help="print each probe's reason (its readings before and after) under each fact")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="also write the table as JSON rows here (for notebooks/04_aggregate)")
     args = parser.parse_args()

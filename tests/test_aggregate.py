@@ -232,6 +232,36 @@ def test_robustness_bench_runs_the_tuned_rank_one_rows_of_the_forget_bench(monke
         assert "\n" not in str(raised.value)
 
 
+def test_robustness_bench_prints_each_probes_reason_on_request(monkeypatch, capsys):
+    """``--reasons`` prints every probe's reason (its readings) under the fact's line; without it
+    only the statuses are printed."""
+    import argparse
+    import importlib.util
+    from types import SimpleNamespace
+
+    folder = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(folder))
+    spec = importlib.util.spec_from_file_location("robustness_bench", folder / "robustness.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    outcome = SimpleNamespace(probe="relearn", status="recovered",
+                              reason="relearning: rank 0, p=0.412 after (before: rank 0, p=0.603)")
+    report = SimpleNamespace(timings={"relearn": 1.0},
+                             facts=[SimpleNamespace(verdict="recoverable", probes=[outcome])])
+    undone = []
+    monkeypatch.setattr(bench, "editor_named", lambda name: lambda model, fact: SimpleNamespace(
+        undo=lambda model: undone.append(fact.id)))
+    monkeypatch.setattr(bench, "verify", lambda *args, **kwargs: report)
+    fact = SimpleNamespace(id="capital-x")
+    for reasons in (False, True):
+        args = argparse.Namespace(editors="rome", probes="relearn", reasons=reasons)
+        rows, _ = bench.run("model", [fact], args, budgets={})
+        printed = capsys.readouterr().out
+        assert "relearn=recovered" in printed and rows["rome"][0].verdict == "recoverable"
+        assert ("relearn: relearning: rank 0, p=0.412 after" in printed) is reasons
+    assert undone == ["capital-x", "capital-x"]
+
+
 @pytest.mark.parametrize("tiny", ["llama"], indirect=True)
 def test_forget_quality_bench_splits_the_held_out_wordings_by_where_the_subject_stands(tiny):
     """The held-out column, split: wordings that open with a one-token subject (a token of its
