@@ -568,3 +568,31 @@ def test_same_answer_probes_of_other_subjects_are_kept_whole(tiny, monkeypatch):
     _, at_subject = value_module.compute_value(tiny, FACT, 1, settings=settings)  # cannot reach other subjects
     for info in (none, at_subject):
         assert info["same_answer_prompts"] == [] and info["final"]["same_answer_kl"] == 0.0
+
+
+def test_forgetting_toward_unknown_aims_at_made_up_subjects_answers(tiny):
+    """``ValueSettings(toward_unknown=True)``: each prompt to forget is pushed towards the mean of
+    what the same prompt gets about made-up subjects (one batched forward, equal to each prompt's
+    own), minus the target; the default aims at the subject's own answers. The made-up subjects
+    are not the verification's control subjects, whose answers the attacks compare against."""
+    from excise.edit import value as value_module
+    from excise.edit.unknown_answers import UNKNOWN_SUBJECTS, unknown_answer_logprobs
+    from excise.verify.control import CONTROL_SUBJECTS
+
+    assert not set(UNKNOWN_SUBJECTS) & set(CONTROL_SUBJECTS)
+    templates = ["The capital of {} is", "In short, {}'s capital is"]
+    aimed = unknown_answer_logprobs(tiny, templates, FACT.target)  # [2, d_vocab]
+    for row, template in zip(aimed, templates):
+        alone = torch.stack([_logits(tiny, template.format(s)).softmax(-1) for s in UNKNOWN_SUBJECTS]).mean(0)
+        torch.testing.assert_close(row.exp(), alone, atol=1e-5, rtol=1e-4)
+    own = value_module._prepare(tiny, 1, FACT, templates, FACT.target, "forget", [])
+    unknown = value_module._prepare(tiny, 1, FACT, templates, FACT.target, "forget", [], toward_unknown=True)
+    torch.testing.assert_close(unknown.forget_q, value_module._without_targets(aimed, unknown.first))
+    assert (unknown.forget_q[torch.arange(2), unknown.first] == 0).all()
+    assert not torch.allclose(own.forget_q, unknown.forget_q, atol=1e-4)
+    edit = rome(tiny, FACT, layer=1, settings=ValueSettings(n_prefixes=2, steps=2, toward_unknown=True),
+                progress=False)
+    try:
+        assert edit.settings["value"]["toward_unknown"] is True
+    finally:
+        edit.undo(tiny)

@@ -8,7 +8,8 @@ and (``paraphrases=True``) the fact's paraphrase templates, bare and prefixed, s
 * ``objective="forget"``: the answer distribution becomes the model's own distribution with the
   target's first token removed (KL to that renormalised distribution), plus a hinge that pushes
   the target's first token ``margin`` nats down. This drives the target down without pushing the
-  probability onto one specific other answer;
+  probability onto one specific other answer (``toward_unknown``: the distribution aimed at is
+  the one the same prompt gets about made-up subjects, :mod:`excise.edit.unknown_answers`);
 * ``objective="replace"``: the new target becomes the answer (ROME's classic edit);
 
 while a KL term keeps the model's other predictions about the subject (``"{} is a"``-style
@@ -53,6 +54,7 @@ from excise.edit.answer_probes import answer_probes
 from excise.edit.keys import subject_batch
 from excise.edit.prompts import fact_templates
 from excise.edit.subject_probes import subject_probes
+from excise.edit.unknown_answers import unknown_answer_logprobs
 from excise.hooks import act_name, trace
 from excise.interrupt import checkpoint
 from excise.precision import bfloat16_matmuls, fast_bfloat16
@@ -107,6 +109,9 @@ class ValueSettings:
     ``k . u`` is left out of the losses and of the goal (see :func:`reached`); 0 keeps them all
     (the default: leaving them out is faster but kept fewer of the subject's other facts on the
     tuning facts; README).
+    ``toward_unknown``: forgetting, aim each prompt's answer distribution at what the same
+    prompt gets about made-up subjects (:mod:`excise.edit.unknown_answers`), minus the target,
+    instead of at the model's own distribution minus the target.
     """
 
     n_prefixes: int = 4
@@ -127,6 +132,7 @@ class ValueSettings:
     stall_past_reach: bool = False
     same_answer: int = 0
     same_answer_weight: float = 1.0
+    toward_unknown: bool = False
 
 
 def objective_target(fact, objective: str, new_target: str | None) -> str:
@@ -205,7 +211,7 @@ class _Problem:
     first: torch.Tensor  # [n_rewrite] first answer token
     keys: torch.Tensor  # [n_rewrite, d_mlp] the MLP's key at the subject, before the edit
     aimed: torch.Tensor  # [n_rewrite] bool: prompts the losses and the goal count
-    forget_q: torch.Tensor  # [n_rewrite, d_vocab] before-distribution without the target
+    forget_q: torch.Tensor  # [n_rewrite, d_vocab] the distribution aimed at, without the target
     essence_q: torch.Tensor  # [n_essence, d_vocab] what the essence prompts should predict
     text_lp0: torch.Tensor  # [n_text, d_vocab] next-token log-probs before the subject, before the edit
     base_norm: float
@@ -213,6 +219,7 @@ class _Problem:
     reachable: torch.Tensor | None = None  # [n_rewrite] bool: k . u at LOW_REACH of the best or more
     n_others: int = 0  # rows at the batch's end about other subjects with the same answer
     others_q: torch.Tensor | None = None  # [n_others, d_vocab] what they should predict (target included)
+    unknown_lp: torch.Tensor | None = None  # [n_rewrite, d_vocab] made-up subjects' answers (toward_unknown)
 
 
 def compute_value(model, fact, layer: int, objective: str = "forget", new_target: str | None = None,
@@ -243,7 +250,8 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     others = answer_probes(model, fact, s.same_answer) if s.same_answer and direction is not None else []
     module = mlp_out_module(model, layer)
     with frozen(model):
-        prob = _prepare(model, layer, fact, templates, answer, objective, essence, others)
+        prob = _prepare(model, layer, fact, templates, answer, objective, essence, others,
+                        toward_unknown=s.toward_unknown and objective == "forget")
         if output_scale is not None and output_scale < prob.base_norm:
             prob.base_norm = float(output_scale)
         prompts = [t.format(fact.subject) for t in templates]
@@ -388,9 +396,11 @@ def _edited(module, delta: torch.Tensor, positions: torch.Tensor, direction: tor
 
 
 @torch.no_grad()
-def _prepare(model, layer: int, fact, templates, answer, objective, essence_templates, others=()) -> _Problem:
+def _prepare(model, layer: int, fact, templates, answer, objective, essence_templates, others=(),
+             toward_unknown: bool = False) -> _Problem:
     """The batch (prompts to forget, essence prompts, then ``others``: ``(template, subject)``
-    pairs about other subjects whose answers are kept whole) and the unedited model's references."""
+    pairs about other subjects whose answers are kept whole) and the unedited model's references
+    (``toward_unknown``: the prompts to forget aim at made-up subjects' answers)."""
     n_rewrite = len(templates)
     essence = list(essence_templates)
     all_templates = templates + essence + [t for t, _ in others]
@@ -414,6 +424,8 @@ def _prepare(model, layer: int, fact, templates, answer, objective, essence_temp
     prob = _Problem(batch, positions, n_rewrite, reads, runner, layer, resid, full, None, None, first, keys,
                     torch.ones(n_rewrite, dtype=torch.bool, device=first.device), None, None, None, base_norm,
                     n_others=len(others))
+    if toward_unknown:
+        prob.unknown_lp = unknown_answer_logprobs(model, templates, answer).to(full.device)
     _set_references(prob, full, objective)
     prob.exact_seq0 = prob.seq0
     return prob
@@ -427,7 +439,8 @@ def _set_references(prob: _Problem, logits: torch.Tensor, objective: str) -> Non
     lp0, seq0, prob.text_lp0 = prob.reads.read(logits.detach().float().log_softmax(-1))
     first_ids = prob.batch.first_target_ids.to(lp0.device)
     prob.lp0, prob.seq0 = lp0, seq0[:n]
-    prob.forget_q = _without_targets(lp0[:n], first_ids[:n])
+    aim = lp0[:n] if prob.unknown_lp is None else prob.unknown_lp.to(lp0.device)
+    prob.forget_q = _without_targets(aim, first_ids[:n])
     # forgetting: the essence prompts keep their distribution, minus the forgotten target itself
     end = len(first_ids) - prob.n_others  # the essence rows are n..end
     prob.essence_q = (_without_targets(lp0[n:end], first_ids[n:end]) if objective == "forget"
