@@ -208,18 +208,25 @@ def test_forget_quality_bench_runs_rome_with_settings_named_in_its_methods():
     assert "\n" not in str(raised.value)
 
 
-def test_robustness_bench_runs_the_tuned_rank_one_rows_of_the_forget_bench(monkeypatch):
-    """``bench/robustness.py --editors "rome,rome[contrast_nearest=32]"`` attacks a tuned row as
-    ``bench/forget_quality.py`` reads it; a name that is neither an editor nor a row is refused in
-    one line."""
+def robustness_bench(monkeypatch):
+    """``bench/robustness.py`` loaded as a module, with ``bench/`` on the path for its imports."""
     import importlib.util
-    import sys
 
     folder = Path(__file__).resolve().parents[1] / "bench"
     monkeypatch.syspath_prepend(str(folder))
     spec = importlib.util.spec_from_file_location("robustness_bench", folder / "robustness.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_robustness_bench_runs_the_tuned_rank_one_rows_of_the_forget_bench(monkeypatch):
+    """``bench/robustness.py --editors "rome,rome[contrast_nearest=32]"`` attacks a tuned row as
+    ``bench/forget_quality.py`` reads it; a name that is neither an editor nor a row is refused in
+    one line."""
+    import sys
+
+    bench = robustness_bench(monkeypatch)
     assert bench.editor_named("rome") is bench.EDITORS["rome"]
     tuned = bench.editor_named("rome[contrast_nearest=32]")
     called = {}
@@ -236,14 +243,9 @@ def test_robustness_bench_prints_each_probes_reason_on_request(monkeypatch, caps
     """``--reasons`` prints every probe's reason (its readings) under the fact's line; without it
     only the statuses are printed."""
     import argparse
-    import importlib.util
     from types import SimpleNamespace
 
-    folder = Path(__file__).resolve().parents[1] / "bench"
-    monkeypatch.syspath_prepend(str(folder))
-    spec = importlib.util.spec_from_file_location("robustness_bench", folder / "robustness.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = robustness_bench(monkeypatch)
     outcome = SimpleNamespace(probe="relearn", status="recovered",
                               reason="relearning: rank 0, p=0.412 after (before: rank 0, p=0.603)")
     report = SimpleNamespace(timings={"relearn": 1.0},

@@ -1,10 +1,10 @@
 """What the model answers about subjects it never knew: a forgetting target with nothing to relearn.
 
 By default the value optimisation forgets towards the model's own answer distribution with the
-target removed: after forgetting Mumbai -> India the prompt still ranks India's neighbours first,
-so the subject's representation still says where it is. ``ValueSettings(toward_unknown=True)``
-aims instead at the answers the same prompts get about made-up subjects (:data:`UNKNOWN_SUBJECTS`),
-minus the target: what the model would say had it never learned the subject.
+target removed, so the rest of what the model would say about this subject stays the aim.
+``ValueSettings(toward_unknown=True)`` aims instead at the answers the same prompts get about
+made-up subjects (:data:`UNKNOWN_SUBJECTS`), minus the target: what the model would say had it
+never learned the subject.
 
 The made-up subjects differ from those of the verification's control
 (:mod:`excise.verify.control`), so the attacks' control stays independent of the edit.
