@@ -1,4 +1,4 @@
-"""What the model answers about subjects it never knew: a forgetting target with nothing to relearn.
+"""What the model answers about subjects it never knew: a forgetting target that leaves less to relearn.
 
 By default the value optimisation forgets towards the model's own answer distribution with the
 target removed, so the rest of what the model would say about this subject stays the aim.
@@ -11,6 +11,8 @@ The made-up subjects differ from those of the verification's control
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -30,4 +32,4 @@ def unknown_answer_logprobs(model, templates: list[str], answer: str,
     batch = build_batch(model, texts, [answer] * len(texts))
     logprobs = first_answer_logprobs(model, batch)  # [n_templates * n_subjects, d_vocab]
     per_subject = logprobs.view(len(templates), len(subjects), -1)
-    return (per_subject.logsumexp(1) - torch.log(torch.tensor(float(len(subjects))))).float()
+    return (per_subject.logsumexp(1) - math.log(len(subjects))).float()
