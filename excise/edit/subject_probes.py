@@ -12,6 +12,12 @@ and asks the unedited model what it answers after each (:func:`subject_probes`):
 * where the model confidently answers something else, that is another fact about the subject,
   and the edit keeps its prediction there (a KL term in :mod:`excise.edit.value`);
 * the rest (the model has no confident answer: a template of another kind of subject) is dropped.
+
+Most confident answers are a template's own continuation (" its", " the", " answer"), which every
+subject gets. ``specificity=`` keeps instead the answers that are the subject's own: the most
+likely token (not the target) that is at least ``specificity`` times likelier after this subject
+than after made-up subjects (:data:`~excise.edit.unknown_answers.UNKNOWN_SUBJECTS`), so that the
+kept probes ask the subject's other facts (its language, its capital, its country).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from excise.edit.keys import BLANK_TARGET, subject_batch
+from excise.edit.unknown_answers import unknown_answer_logprobs
 from excise.scoring import first_answer_logprobs
 from excise.tokens import encode_target
 
@@ -66,6 +73,11 @@ MIN_CONFIDENCE = 0.2
 """A bank template is a fact to keep only where the model's top answer has at least this probability."""
 MAX_KEEP = 8
 """At most this many kept templates (the most confident): each costs a row in every optimisation step."""
+SPECIFICITY = 10.0
+"""With specific probes, a kept answer is at least this many times likelier after the subject than
+after made-up subjects (``ValueSettings(specific_probes=True)``)."""
+SPECIFIC_MIN_CONFIDENCE = 0.1
+"""With specific probes, a kept answer has at least this probability after the subject."""
 
 
 @dataclass(frozen=True)
@@ -80,10 +92,12 @@ class SubjectProbes:
 
 @torch.no_grad()
 def subject_probes(model, fact, templates=SUBJECT_TEMPLATES, min_confidence: float = MIN_CONFIDENCE,
-                   max_keep: int = MAX_KEEP) -> SubjectProbes:
+                   max_keep: int = MAX_KEEP, specificity: float | None = None) -> SubjectProbes:
     """Split ``templates`` for ``fact`` by what the unedited model answers after each (see module doc).
 
     Templates that are the fact's own prompt or paraphrases are left out (the editor has them).
+    ``specificity``: keep only answers that many times likelier than after made-up subjects (one
+    more batch); None keeps the top answers whatever they are.
     """
     own = {fact.prompt, *fact.paraphrases}
     templates = [t for t in templates if t not in own]
@@ -94,6 +108,11 @@ def subject_probes(model, fact, templates=SUBJECT_TEMPLATES, min_confidence: flo
     top_prob, top_id = probs.max(-1)
     target_id = encode_target(model, fact.target)[0]
     forget = [t for t, i in zip(templates, top_id.tolist()) if i == target_id]
+    if specificity is not None:  # the likeliest token, not the target, that is this subject's own
+        generic = unknown_answer_logprobs(model, templates, BLANK_TARGET).exp().to(probs.device, probs.dtype)
+        own_probs = torch.where(probs >= specificity * generic, probs, torch.zeros_like(probs))
+        own_probs[:, target_id] = 0.0
+        top_prob, top_id = own_probs.max(-1)
     confident = [(float(p), t, i) for t, p, i in zip(templates, top_prob.tolist(), top_id.tolist())
                  if i != target_id and p >= min_confidence]
     confident.sort(reverse=True)

@@ -53,7 +53,7 @@ from excise.criteria import TRAINING_MARGIN, dethroned_and_fell
 from excise.edit.answer_probes import answer_probes
 from excise.edit.keys import subject_batch
 from excise.edit.prompts import fact_templates
-from excise.edit.subject_probes import subject_probes
+from excise.edit.subject_probes import SPECIFIC_MIN_CONFIDENCE, SPECIFICITY, subject_probes
 from excise.edit.unknown_answers import unknown_answer_logprobs
 from excise.hooks import act_name, trace
 from excise.interrupt import checkpoint
@@ -85,6 +85,9 @@ class ValueSettings:
     optimisation early (:data:`excise.criteria.TRAINING_MARGIN`). ``subject_probes``: probe the
     subject with :data:`~excise.edit.subject_probes.SUBJECT_TEMPLATES` and forget where the model
     states the fact, keep (KL, like the essence prompts) where it states another.
+    ``specific_probes``: of those, keep only the probes whose answer is the subject's own (far
+    likelier than after made-up subjects: ``specificity=`` of
+    :func:`~excise.edit.subject_probes.subject_probes`) rather than a template's continuation.
     ``low_precision``: run the matrix products of the blocks the optimisation runs in bfloat16
     (:func:`excise.precision.bfloat16_matmuls`; the weights are restored bit for bit afterwards;
     the logits stay float32, and a goal reached counts once a float32 forward confirms it):
@@ -125,6 +128,7 @@ class ValueSettings:
     text_kl_weight: float = 0.5
     essence_templates: tuple[str, ...] = ESSENCE_TEMPLATES
     subject_probes: bool = True
+    specific_probes: bool = False
     min_reach: float = 0.0
     low_precision: bool | None = None
     patience: int = 0
@@ -371,7 +375,8 @@ def _templates(model, fact, s: ValueSettings) -> tuple[list[str], list[str], obj
     essence = list(s.essence_templates)
     found = None
     if s.subject_probes:
-        found = subject_probes(model, fact)
+        found = (subject_probes(model, fact, min_confidence=SPECIFIC_MIN_CONFIDENCE, specificity=SPECIFICITY)
+                 if s.specific_probes else subject_probes(model, fact))
         templates += [t for t in found.forget if t not in templates]
         essence += [t for t in found.keep if t not in essence]
     return templates, essence, found
