@@ -243,6 +243,28 @@ def test_default_rome_keeps_the_subjects_other_facts_without_being_told(real_mod
     assert hits >= total - 1, c.rows()  # "France's capital is" opens with the subject (see value.py)
 
 
+def test_specific_subject_probes_keep_the_subjects_own_answers_not_template_continuations(real_model):
+    """By default most kept probes of Japan answer a template's continuation; with ``specificity=``
+    every kept answer is far likelier after Japan than after made-up subjects, so the kept probes
+    ask Japan's capital and language, which the default keeps miss."""
+    from excise.edit.subject_probes import subject_probes
+    from excise.edit.unknown_answers import unknown_answer_logprobs
+    from excise.facts import find_fact, load_facts
+
+    fact = find_fact(load_facts("all"), "currency-japan")
+    plain = subject_probes(real_model, fact)
+    specific = subject_probes(real_model, fact, min_confidence=0.1, specificity=10.0)
+    assert not {" Tokyo", " Japanese"} & set(plain.keep_answers), plain
+    assert {" Tokyo", " Japanese"} <= set(specific.keep_answers), specific
+    assert specific.forget == plain.forget and " yen" not in specific.keep_answers
+    # each kept answer, read back: at least 10x likelier after Japan than after made-up subjects
+    generic = unknown_answer_logprobs(real_model, list(specific.keep), " .").exp()
+    japan = unknown_answer_logprobs(real_model, list(specific.keep), " .", subjects=(fact.subject,)).exp()
+    for row, answer in enumerate(specific.keep_answers):
+        token = real_model.tokenizer.encode(answer, add_special_tokens=False)[0]
+        assert float(japan[row, token]) >= max(0.1, 10 * float(generic[row, token])), (specific.keep[row], answer)
+
+
 def test_answer_probes_find_other_subjects_with_the_answer_and_leave_the_probes_out(real_model):
     """The editor's own same-answer probes (:mod:`excise.edit.answer_probes`): every prompt found is
     about another subject and the unedited model answers the fact's target there; subjects that

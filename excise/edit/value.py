@@ -60,6 +60,7 @@ from excise.interrupt import checkpoint
 from excise.precision import bfloat16_matmuls, fast_bfloat16
 from excise.runner import Runner
 from excise.scoring import row_sums
+from excise.tokens import encode_target
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,9 @@ class ValueSettings:
     ``specific_probes``: of those, keep only the probes whose answer is the subject's own (far
     likelier than after made-up subjects: ``specificity=`` of
     :func:`~excise.edit.subject_probes.subject_probes`) rather than a template's continuation.
+    ``hold_kept``: take each step only along directions that leave the log-probs of the subject
+    probes' kept answers unchanged to first order (the step projected off their gradients): the
+    keep term alone barely bends Adam's first steps, which reach the goal in a few.
     ``low_precision``: run the matrix products of the blocks the optimisation runs in bfloat16
     (:func:`excise.precision.bfloat16_matmuls`; the weights are restored bit for bit afterwards;
     the logits stay float32, and a goal reached counts once a float32 forward confirms it):
@@ -137,6 +141,7 @@ class ValueSettings:
     same_answer: int = 0
     same_answer_weight: float = 1.0
     toward_unknown: bool = False
+    hold_kept: bool = False
 
 
 def objective_target(fact, objective: str, new_target: str | None) -> str:
@@ -256,6 +261,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
     with frozen(model):
         prob = _prepare(model, layer, fact, templates, answer, objective, essence, others,
                         toward_unknown=s.toward_unknown and objective == "forget")
+        held = _held_answers(model, found, templates, essence) if s.hold_kept else None
         if output_scale is not None and output_scale < prob.base_norm:
             prob.base_norm = float(output_scale)
         prompts = [t.format(fact.subject) for t in templates]
@@ -297,9 +303,13 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
                 if done or step == s.steps - 1 or _stalled(history, s):
                     break  # the returned delta is the one just evaluated
                 optimizer.zero_grad()
+                held_grads = _held_gradients(logprobs, prob, held, delta) if held else None
                 loss.backward()
+                before_step = delta.detach().clone()
                 optimizer.step()
                 with torch.no_grad():
+                    if held_grads is not None:
+                        delta.copy_(before_step + _off(held_grads, delta - before_step))
                     max_norm = s.clamp_norm * prob.base_norm
                     if delta.norm() > max_norm:
                         delta.mul_(max_norm / delta.norm())
@@ -323,6 +333,35 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
             "forget": list(found.forget), "keep": list(found.keep), "keep_answers": list(found.keep_answers)},
     }
     return delta.detach(), info
+
+
+def _held_answers(model, found, templates, essence) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The batch rows ``[n_held]`` of the subject probes kept (their place after the prompts to
+    forget) and the first token ``[n_held]`` of each one's kept answer; None when there are none."""
+    if found is None:
+        return None
+    pairs = [(len(templates) + essence.index(t), encode_target(model, a)[0])
+             for t, a in zip(found.keep, found.keep_answers) if t in essence]
+    if not pairs:
+        return None
+    rows, ids = zip(*pairs)
+    return torch.tensor(rows), torch.tensor(ids)
+
+
+def _held_gradients(logprobs, prob: _Problem, held, delta: torch.Tensor) -> torch.Tensor:
+    """``[n_held, d_model]``: the gradient with respect to ``delta`` of each held answer's
+    log-prob, from the log-probs ``[n_read, d_vocab]`` of this step's forward (graph kept)."""
+    rows, ids = held
+    lp = prob.reads.read(logprobs)[0]
+    picked = lp[rows.to(lp.device), ids.to(lp.device)]  # [n_held]
+    grads = [torch.autograd.grad(value, delta, retain_graph=True)[0] for value in picked]
+    return torch.stack(grads)
+
+
+def _off(grads: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """``step`` ``[d_model]`` minus its part in the span of ``grads`` ``[n, d_model]``."""
+    basis, _ = torch.linalg.qr(grads.T)  # [d_model, n] orthonormal
+    return step - basis @ (basis.T @ step)
 
 
 def reached(reach: torch.Tensor, min_reach: float) -> torch.Tensor:
