@@ -280,11 +280,14 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
         bf16 = low_precision(model, layer, s)
         rejected = 0  # goals reached with bfloat16 products that float32 ones did not confirm
         exact_step = -1  # the last step whose goal a float32 forward judged
-        edit = partial(_edited, module, delta, prob.positions, direction)  # the value's hook, as a context
+        n_batch = prob.batch.tokens.shape[0]
         with ExitStack() as precision:
             products = precision.enter_context(bfloat16_matmuls(_downstream(model, layer))) if bf16 else None
             for step in range(s.steps):
                 checkpoint("a value-optimisation step")
+                # held answers need each row's gradient apart: one copy of delta per batch row
+                rows_delta = delta.unsqueeze(0).repeat(n_batch, 1) if held else delta
+                edit = partial(_edited, module, rows_delta, prob.positions, direction)  # the value's hook
                 with edit():
                     logits = _read_logits(model, prob)
                     if step == 0 and not _checked(prob, logits, bf16):
@@ -303,7 +306,7 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
                 if done or step == s.steps - 1 or _stalled(history, s):
                     break  # the returned delta is the one just evaluated
                 optimizer.zero_grad()
-                held_grads = _held_gradients(logprobs, prob, held, delta) if held else None
+                held_grads = _held_gradients(logprobs, prob, held, rows_delta) if held else None
                 loss.backward()
                 before_step = delta.detach().clone()
                 optimizer.step()
@@ -348,14 +351,16 @@ def _held_answers(model, found, templates, essence) -> tuple[torch.Tensor, torch
     return torch.tensor(rows), torch.tensor(ids)
 
 
-def _held_gradients(logprobs, prob: _Problem, held, delta: torch.Tensor) -> torch.Tensor:
-    """``[n_held, d_model]``: the gradient with respect to ``delta`` of each held answer's
-    log-prob, from the log-probs ``[n_read, d_vocab]`` of this step's forward (graph kept)."""
+def _held_gradients(logprobs, prob: _Problem, held, rows_delta: torch.Tensor) -> torch.Tensor:
+    """``[n_held, d_model]``: the gradient with respect to the value of each held answer's
+    log-prob, from the log-probs ``[n_read, d_vocab]`` of this step's forward (graph kept), in one
+    backward pass: each batch row added its own copy of the value (``rows_delta`` ``[batch,
+    d_model]``), and rows do not mix in a forward."""
     rows, ids = held
     lp = prob.reads.read(logprobs)[0]
     picked = lp[rows.to(lp.device), ids.to(lp.device)]  # [n_held]
-    grads = [torch.autograd.grad(value, delta, retain_graph=True)[0] for value in picked]
-    return torch.stack(grads)
+    (grads,) = torch.autograd.grad(picked.sum(), rows_delta, retain_graph=True)  # [batch, d_model]
+    return grads[rows.to(grads.device)]
 
 
 def _off(grads: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
@@ -428,13 +433,13 @@ def _edited(module, delta: torch.Tensor, positions: torch.Tensor, direction: tor
     ``W + direction delta^T``, on the subject and on every other token, without touching ``W``."""
     def add(key, inputs, output):  # inputs [batch, pos, d_mlp], output [batch, pos, d_model]
         step = delta.to(output.device, output.dtype)  # float32 delta, in the layer's dtype and device
-        if direction is None:
+        if direction is None:  # a delta [d_model], or [batch, d_model]: one per row
             rows = torch.arange(output.shape[0], device=output.device)
             bump = torch.zeros_like(output)
             bump[rows, positions.to(output.device)] = step
             return output + bump
         coeff = inputs @ direction.to(inputs.device, inputs.dtype)  # [batch, pos]
-        return output + coeff[..., None] * step
+        return output + coeff[..., None] * (step[:, None] if step.dim() == 2 else step)
 
     return trace({"mlp_out": module}, edit_output=add)
 
