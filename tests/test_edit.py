@@ -596,3 +596,43 @@ def test_forgetting_toward_unknown_aims_at_made_up_subjects_answers(tiny):
         assert edit.settings["value"]["toward_unknown"] is True
     finally:
         edit.undo(tiny)
+
+
+def test_held_answers_barely_move_while_the_value_forgets(tiny, monkeypatch):
+    """``ValueSettings(hold_kept=True)`` steps the value only off the gradients of the kept subject
+    probes' answers (gathered in one backward pass, one copy of the value per batch row): those
+    answers' log-probs then move far less than without it, while the prompt is pushed down as far."""
+    from dataclasses import replace
+
+    from excise.components import mlp_out_module
+    from excise.edit import value as value_module
+    from excise.edit.subject_probes import SubjectProbes
+
+    keep = ("{} is a", "Most people in {} speak")  # the first is also an essence template
+    answers = tuple(tiny.tokenizer.decode([int(_logits(tiny, t.format(FACT.subject)).argmax())]) for t in keep)
+    found = SubjectProbes((), keep, answers)
+    monkeypatch.setattr(value_module, "subject_probes", lambda model, fact, **kwargs: found)
+    settings = ValueSettings(n_prefixes=2, steps=6, low_precision=False, margin=1000.0)
+    settings = replace(settings, lr=0.05 * value_module.output_scale(tiny, FACT, 1, settings=settings))
+    direction = torch.randn(tiny.cfg.d_mlp, generator=torch.Generator().manual_seed(1))
+    module = mlp_out_module(tiny, 1)
+    ids = [tiny.tokenizer.encode(a, add_special_tokens=False)[0] for a in answers]
+
+    def moved(delta):  # how far each kept answer's log-prob moved under the exact rank-one edit
+        before = [_logits(tiny, t.format(FACT.subject)).log_softmax(-1)[i] for t, i in zip(keep, ids)]
+        with value_module._edited(module, delta, torch.zeros(1, dtype=torch.long), direction):
+            after = [_logits(tiny, t.format(FACT.subject)).log_softmax(-1)[i] for t, i in zip(keep, ids)]
+        return torch.tensor([abs(float(a - b)) for a, b in zip(after, before)])
+
+    free, free_info = value_module.compute_value(tiny, FACT, 1, settings=settings, direction=direction)
+    held, held_info = value_module.compute_value(tiny, FACT, 1, settings=replace(settings, hold_kept=True),
+                                                 direction=direction)
+    assert held_info["kept_prompts"] == ["France is a", "France is known for", "Most people in France speak"]
+    assert float(moved(free).max()) > 1e-4  # tiny random models barely move; the ratio is what counts
+    assert float(moved(held).max()) < 0.2 * float(moved(free).max())
+    pushed = [info["target_logprob_before"][0] - info["target_logprob_after"][0] for info in (free_info, held_info)]
+    assert pushed[1] > 0.5 * pushed[0] > 0, pushed
+    # the projection leaves no part of a step along the gradients it is taken off
+    grads = torch.randn(3, 16, generator=torch.Generator().manual_seed(2))
+    step = value_module._off(grads, torch.randn(16, generator=torch.Generator().manual_seed(3)))
+    torch.testing.assert_close(grads @ step, torch.zeros(3), atol=1e-5, rtol=0)

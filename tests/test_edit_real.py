@@ -244,9 +244,9 @@ def test_default_rome_keeps_the_subjects_other_facts_without_being_told(real_mod
 
 
 def test_specific_subject_probes_keep_the_subjects_own_answers_not_template_continuations(real_model):
-    """By default most kept probes of Japan answer a template's continuation; with ``specificity=``
-    every kept answer is far likelier after Japan than after made-up subjects, so the kept probes
-    ask Japan's capital and language, which the default keeps miss."""
+    """By default most kept probes of Japan answer a template's continuation (" its", " the"); with
+    ``specificity=`` every kept answer is far likelier after Japan than after made-up subjects, so
+    the kept probes ask Japan's capital and language (the default's miss the language)."""
     from excise.edit.subject_probes import subject_probes
     from excise.edit.unknown_answers import unknown_answer_logprobs
     from excise.facts import find_fact, load_facts
@@ -254,8 +254,9 @@ def test_specific_subject_probes_keep_the_subjects_own_answers_not_template_cont
     fact = find_fact(load_facts("all"), "currency-japan")
     plain = subject_probes(real_model, fact)
     specific = subject_probes(real_model, fact, min_confidence=0.1, specificity=10.0)
-    assert not {" Tokyo", " Japanese"} & set(plain.keep_answers), plain
+    assert " Japanese" not in plain.keep_answers and {" its", " the"} <= set(plain.keep_answers), plain
     assert {" Tokyo", " Japanese"} <= set(specific.keep_answers), specific
+    assert not {" its", " the", "<|im_end|>"} & set(specific.keep_answers), specific
     assert specific.forget == plain.forget and " yen" not in specific.keep_answers
     # each kept answer, read back: at least 10x likelier after Japan than after made-up subjects
     generic = unknown_answer_logprobs(real_model, list(specific.keep), " .").exp()
@@ -263,6 +264,33 @@ def test_specific_subject_probes_keep_the_subjects_own_answers_not_template_cont
     for row, answer in enumerate(specific.keep_answers):
         token = real_model.tokenizer.encode(answer, add_special_tokens=False)[0]
         assert float(japan[row, token]) >= max(0.1, 10 * float(generic[row, token])), (specific.keep[row], answer)
+
+
+def test_holding_the_kept_answers_keeps_japans_capital_and_language_under_the_deeper_push(real_model):
+    """Forgetting the yen with the log-1000 margin moves Japan's whole representation: with the
+    specific probes kept by the KL term alone, Tokyo and Japanese both lose first place (the goal is
+    met in a few Adam steps, which the keep term barely bends); stepping off the kept answers'
+    gradients (``hold_kept``) keeps both, and the yen is forgotten either way."""
+    from dataclasses import replace
+
+    from excise.comparison import compare
+    from excise.edit.value import ValueSettings
+    from excise.facts import find_fact, load_facts
+
+    fact = find_fact(load_facts("all"), "currency-japan")
+    deeper = ValueSettings(margin=6.907755, specific_probes=True)
+    results = {}
+    for hold in (False, True):
+        edit = rome(real_model, fact, progress=False, settings=replace(deeper, hold_kept=hold))
+        try:
+            (results[hold],) = compare(real_model, [fact], before=edit.reverted(real_model))
+        finally:
+            edit.undo(real_model)
+    assert [p for p, _ in results[True].pairs["same_subject"]] == [
+        "The capital of Japan is", "The official language of Japan is"]
+    assert results[False].tally("same_subject") == (0, 2)
+    assert results[True].tally("same_subject") == (2, 2)
+    assert results[False].prompt_forgotten and results[True].prompt_forgotten
 
 
 def test_answer_probes_find_other_subjects_with_the_answer_and_leave_the_probes_out(real_model):
