@@ -16,6 +16,9 @@ while a KL term keeps the model's other predictions about the subject (``"{} is 
 prompts, and the other facts the editor's own probes of the subject find:
 :mod:`excise.edit.subject_probes`, which also adds the probes that state the fact itself to the
 prompts to forget) and a weight decay keeps ``delta`` small relative to the MLP's original output.
+Adam reaches the forgetting goal in a few steps, each moving every coordinate of ``delta`` by about
+the step size, which a KL term barely bends; ``hold_kept`` instead takes each step off the
+gradients of the kept probes' answers, so those answers stay put to first order.
 
 How ``delta`` enters the forward pass: for MEMIT it is added at the subject's last token only.
 For ROME, given the edit's direction ``u = C^-1 k* / (k*^T C^-1 k*)``, the rank-one edit
