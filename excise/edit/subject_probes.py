@@ -83,11 +83,13 @@ SPECIFIC_MIN_CONFIDENCE = 0.1
 @dataclass(frozen=True)
 class SubjectProbes:
     """The bank split for one fact: ``forget`` templates (the model answers the fact's target) and
-    ``keep`` templates (the model confidently answers something else), with those answers."""
+    ``keep`` templates (the model confidently answers something else), with those answers (text,
+    and token ids where the model gave them)."""
 
     forget: tuple[str, ...]
     keep: tuple[str, ...]
     keep_answers: tuple[str, ...]
+    keep_ids: tuple[int, ...] = ()
 
 
 @torch.no_grad()
@@ -118,4 +120,4 @@ def subject_probes(model, fact, templates=SUBJECT_TEMPLATES, min_confidence: flo
     confident.sort(reverse=True)
     keep = confident[:max_keep]
     return SubjectProbes(tuple(forget), tuple(t for _, t, _ in keep),
-                         tuple(model.tokenizer.decode([i]) for _, _, i in keep))
+                         tuple(model.tokenizer.decode([i]) for _, _, i in keep), tuple(i for _, _, i in keep))

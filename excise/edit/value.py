@@ -343,11 +343,12 @@ def compute_value(model, fact, layer: int, objective: str = "forget", new_target
 
 def _held_answers(model, found, templates, essence) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The batch rows ``[n_held]`` of the subject probes kept (their place after the prompts to
-    forget) and the first token ``[n_held]`` of each one's kept answer; None when there are none."""
+    forget) and the token ``[n_held]`` of each one's kept answer (the probes' own ids, else the
+    answer's first token); None when there are none."""
     if found is None:
         return None
-    pairs = [(len(templates) + essence.index(t), encode_target(model, a)[0])
-             for t, a in zip(found.keep, found.keep_answers) if t in essence]
+    ids = found.keep_ids or [encode_target(model, a)[0] for a in found.keep_answers]
+    pairs = [(len(templates) + essence.index(t), i) for t, i in zip(found.keep, ids) if t in essence]
     if not pairs:
         return None
     rows, ids = zip(*pairs)
